@@ -1,0 +1,3 @@
+from meshtrace.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""The HTTP query API: Jaeger-compatible routes, meshtrace's native routes, health and metrics."""

@@ -1,0 +1,52 @@
+"""The query HTTP app (port 16686 by default): Jaeger-compatible and native APIs, health, metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from meshtrace import __version__
+from meshtrace.errors import MeshtraceError
+from meshtrace.ingest.auth import TokenAuth
+from meshtrace.metrics import Metrics
+from meshtrace.query.service import QueryService
+
+from . import jaeger, native
+from .common import JSONResponse, error_response
+
+
+def create_app(query: QueryService, auth: TokenAuth, metrics: Metrics, readiness: Callable[[], list[str]]) -> FastAPI:
+    """``readiness()`` returns what keeps the backend from being ready (empty when ready)."""
+    app = FastAPI(
+        title="meshtrace query API",
+        version=__version__,
+        description="Jaeger-compatible routes under /api, meshtrace's native routes under /meshtrace/v1. "
+        "Send the tenant's token as 'Authentication: <token>' or 'Authorization: Bearer <token>'.",
+        default_response_class=JSONResponse,
+    )
+    app.state.query = query
+    app.state.auth = auth
+    app.include_router(jaeger.router)
+    app.include_router(native.router)
+
+    @app.exception_handler(MeshtraceError)
+    async def meshtrace_error(request: Request, exc: MeshtraceError) -> Response:
+        return error_response(request, exc)
+
+    @app.get("/healthz", tags=["operations"], response_class=PlainTextResponse)
+    async def healthz() -> str:
+        return "ok"
+
+    @app.get("/readyz", tags=["operations"])
+    async def readyz() -> Response:
+        problems = readiness()
+        return JSONResponse({"ready": not problems, "problems": problems}, status_code=503 if problems else 200)
+
+    @app.get("/metrics", tags=["operations"])
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

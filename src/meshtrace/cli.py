@@ -1,0 +1,215 @@
+"""The ``meshtrace`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.panel import Panel
+from rich.table import Table
+
+from meshtrace import __version__
+from meshtrace.config import ServeConfig, build_config, load_yaml, resolve_tokens
+from meshtrace.errors import ConfigError, MeshtraceError
+
+app = typer.Typer(
+    name="meshtrace",
+    help="Trace an Istio service mesh with OpenTelemetry: a tracing backend, a Collector, a local mesh.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+console = Console(stderr=True)
+
+EXIT_RUNTIME = 1
+EXIT_CONFIG = 2
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=True)],
+        force=True,
+    )
+    for noisy in ("uvicorn.error", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _announce(config: ServeConfig, generated_token: str | None) -> Any:
+    def announce(endpoints: Any) -> None:
+        table = Table.grid(padding=(0, 2))
+        table.add_row("OTLP/gRPC", f"{endpoints.grpc}  (TraceService/Export)")
+        table.add_row("OTLP/HTTP", f"http://{endpoints.otlp_http}/v1/traces   Zipkin: /api/v2/spans")
+        table.add_row("Query API", f"http://{endpoints.http}/api (Jaeger)   /meshtrace/v1   /docs")
+        table.add_row("Metrics", f"http://{endpoints.http}/metrics   health: /healthz /readyz")
+        if config.no_auth:
+            table.add_row("Auth", "off (--no-auth): everything is tenant 'default'")
+        elif generated_token:
+            table.add_row("Token", f"[bold]{generated_token}[/]  (tenant 'default', kept in {config.data}/tokens.yaml)")
+            table.add_row("", "send it as the 'Authentication' header, as the Collector's otlp exporter does")
+        console.print(Panel(table, title=f"meshtrace {__version__} is ready", expand=False))
+
+    return announce
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    grpc: Annotated[str, typer.Option(help="OTLP/gRPC listen address.", envvar="MESHTRACE_GRPC")] = "0.0.0.0:4317",
+    otlp_http: Annotated[
+        str,
+        typer.Option("--otlp-http", help="OTLP/HTTP and Zipkin listen address.", envvar="MESHTRACE_OTLP_HTTP"),
+    ] = "0.0.0.0:4318",
+    http: Annotated[
+        str, typer.Option(help="Query API, metrics and health listen address.", envvar="MESHTRACE_HTTP")
+    ] = "0.0.0.0:16686",
+    data: Annotated[
+        str,
+        typer.Option(help="Directory of the embedded store and the write-ahead log.", envvar="MESHTRACE_DATA"),
+    ] = "./meshtrace-data",
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="A ClickHouse server instead of the embedded engine: clickhouse://host:8123/db.",
+            envvar="MESHTRACE_STORE",
+        ),
+    ] = None,
+    token: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="TENANT=TOKEN, repeatable. Without any token, one is generated for tenant 'default'.",
+            envvar="MESHTRACE_TOKEN",
+        ),
+    ] = None,
+    tokens_file: Annotated[
+        str | None,
+        typer.Option(help="YAML file of tenant: token (or a list of tokens).", envvar="MESHTRACE_TOKENS_FILE"),
+    ] = None,
+    no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--no-auth",
+            help="Accept and serve without tokens (one tenant, 'default').",
+            envvar="MESHTRACE_NO_AUTH",
+        ),
+    ] = False,
+    retention: Annotated[
+        str, typer.Option(help="Keep spans this long (7d, 48h).", envvar="MESHTRACE_RETENTION")
+    ] = "7d",
+    max_body: Annotated[
+        str, typer.Option(help="Largest request body, also after decompression.", envvar="MESHTRACE_MAX_BODY")
+    ] = "16MiB",
+    wal: Annotated[
+        bool,
+        typer.Option(
+            help="Acknowledge from a write-ahead log (fast); --no-wal waits for each insert.",
+            envvar="MESHTRACE_WAL",
+        ),
+    ] = True,
+    wal_fsync: Annotated[
+        bool,
+        typer.Option(
+            help="fsync the log before acknowledging (survives power loss, not only crashes).",
+            envvar="MESHTRACE_WAL_FSYNC",
+        ),
+    ] = True,
+    flush_interval: Annotated[
+        str, typer.Option(help="Longest wait before an insert.", envvar="MESHTRACE_FLUSH_INTERVAL")
+    ] = "200ms",
+    flush_spans: Annotated[
+        int, typer.Option(help="Insert once this many spans wait.", envvar="MESHTRACE_FLUSH_SPANS")
+    ] = 10_000,
+    max_pending: Annotated[
+        str,
+        typer.Option(
+            help="Refuse with 503/UNAVAILABLE past this much not-yet-inserted data.",
+            envvar="MESHTRACE_MAX_PENDING",
+        ),
+    ] = "256MiB",
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.", envvar="MESHTRACE_LOG_LEVEL")] = "info",
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            help="YAML file with any of these settings (flags and env win).",
+            envvar="MESHTRACE_CONFIG",
+        ),
+    ] = None,
+    ready_file: Annotated[
+        str | None, typer.Option(help="Write the bound addresses as JSON here once ready (for scripts).")
+    ] = None,
+) -> None:
+    """Run the tracing backend: OTLP ingest with tokens, the ClickHouse store, the query API.
+
+    Exit codes: 0 after a clean stop (SIGINT/SIGTERM), 1 when the store fails, 2 for a configuration error.
+    """
+    values = {
+        "grpc": grpc,
+        "otlp_http": otlp_http,
+        "http": http,
+        "data": data,
+        "store": store,
+        "tokens_file": tokens_file,
+        "no_auth": no_auth,
+        "retention": retention,
+        "max_body": max_body,
+        "wal": wal,
+        "wal_fsync": wal_fsync,
+        "flush_interval": flush_interval,
+        "flush_spans": flush_spans,
+        "max_pending": max_pending,
+        "log_level": log_level,
+    }
+    overrides: dict[str, tuple[Any, str]] = {}
+    for key, value in values.items():
+        source = getattr(ctx.get_parameter_source(key), "name", "")
+        if source == "COMMANDLINE":
+            overrides[key] = (value, f"--{key.replace('_', '-')}")
+        elif source == "ENVIRONMENT":
+            overrides[key] = (value, f"MESHTRACE_{key.upper()}")
+    try:
+        file_values = load_yaml(config) if config else {}
+        if token:
+            overrides["tokens"] = (_token_flags(token), "--token")
+        settings = build_config(file_values, config, overrides)
+        tokens, generated = resolve_tokens(settings)
+    except ConfigError as exc:
+        console.print(f"[red]configuration error[/] {exc}")
+        raise typer.Exit(EXIT_CONFIG) from None
+    _setup_logging(settings.log_level)
+    from meshtrace.server import serve as run_server
+
+    try:
+        asyncio.run(run_server(settings, tokens, _announce(settings, generated), ready_file))
+    except ConfigError as exc:
+        console.print(f"[red]configuration error[/] {exc}")
+        raise typer.Exit(EXIT_CONFIG) from None
+    except MeshtraceError as exc:
+        console.print(f"[red]error[/] {exc}")
+        raise typer.Exit(EXIT_RUNTIME) from None
+
+
+def _token_flags(items: list[str]) -> dict[str, list[str]]:
+    tokens: dict[str, list[str]] = {}
+    for item in items:
+        tenant, sep, value = item.partition("=")
+        if not sep or not tenant or not value:
+            raise ConfigError(f"{item!r} is not TENANT=TOKEN", source="--token", fix="e.g. --token acme=s3cret")
+        tokens.setdefault(tenant, []).append(value)
+    return tokens
+
+
+@app.command()
+def version() -> None:
+    """Print the meshtrace version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,85 @@
+"""Every error meshtrace raises on purpose, in one tree.
+
+Components raise these; the edges (gRPC servicer, HTTP handlers, CLI) translate them into status codes,
+HTTP responses and exit codes in one place each. Errors from libraries (chdb, clickhouse-connect,
+protobuf) are translated where they are called, so callers only ever see this tree::
+
+    MeshtraceError
+    ├── ConfigError            bad flags, env or YAML; names the file, the path in it and the fix
+    ├── IngestError            an export request that cannot be taken as sent
+    │   ├── Unauthenticated    no token or an unknown one          → gRPC UNAUTHENTICATED / HTTP 401
+    │   ├── MalformedRequest   body is not OTLP / Zipkin           → gRPC INVALID_ARGUMENT / HTTP 400
+    │   ├── PayloadTooLarge    body over the limit, also unzipped  → gRPC RESOURCE_EXHAUSTED / HTTP 413
+    │   ├── UnsupportedMedia   content type or encoding unknown    → HTTP 415
+    │   └── Overloaded         the writer is behind; retry later   → gRPC UNAVAILABLE / HTTP 503
+    ├── StoreError             the ClickHouse engine failed or is unreachable
+    └── QueryError             a query that cannot be answered as asked
+        ├── InvalidQuery       bad parameter (id, duration, time)  → HTTP 400
+        └── TraceNotFound      no such trace for this tenant       → HTTP 404
+"""
+
+from __future__ import annotations
+
+
+class MeshtraceError(Exception):
+    """Base of every error meshtrace raises on purpose."""
+
+
+class ConfigError(MeshtraceError):
+    """A configuration value is wrong; says where (file and path) and how to fix it."""
+
+    def __init__(self, message: str, *, source: str = "", path: str = "", fix: str = "") -> None:
+        self.message = message
+        self.source = source
+        self.path = path
+        self.fix = fix
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = ": ".join(p for p in (self.source, self.path) if p)
+        text = f"{where}: {self.message}" if where else self.message
+        return f"{text}\n  fix: {self.fix}" if self.fix else text
+
+
+class IngestError(MeshtraceError):
+    """An export request that cannot be accepted as sent."""
+
+
+class Unauthenticated(IngestError):
+    """No token, or a token that maps to no tenant."""
+
+
+class MalformedRequest(IngestError):
+    """The body does not decode as the protocol its content type names."""
+
+
+class PayloadTooLarge(IngestError):
+    """The body (or what it decompresses to) is over the configured limit."""
+
+
+class UnsupportedMedia(IngestError):
+    """A content type or content encoding meshtrace does not speak."""
+
+
+class Overloaded(IngestError):
+    """The writer is behind; the sender should retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class StoreError(MeshtraceError):
+    """The storage engine failed; the message carries the engine's own words."""
+
+
+class QueryError(MeshtraceError):
+    """A query that cannot be answered as asked."""
+
+
+class InvalidQuery(QueryError):
+    """A query parameter is malformed (trace id, duration, time, tag filter)."""
+
+
+class TraceNotFound(QueryError):
+    """No trace with this id is visible to the caller's tenant."""

@@ -1,0 +1,71 @@
+"""The ingest service both transports call: validate, write durably, report partial success."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTracePartialSuccess,
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from meshtrace.errors import MalformedRequest, Overloaded, PayloadTooLarge, StoreError, Unauthenticated
+from meshtrace.metrics import Metrics
+from meshtrace.model.validate import Validated, validate, validate_bytes
+from meshtrace.store.api import SpanBatch, SpanWriter
+
+OUTCOMES: dict[type[Exception], str] = {
+    Unauthenticated: "unauthenticated",
+    MalformedRequest: "malformed",
+    PayloadTooLarge: "too_large",
+    Overloaded: "overloaded",
+    StoreError: "store_error",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ExportResult:
+    accepted: int
+    rejected: int
+    message: str
+
+
+def response_protobuf(result: ExportResult) -> bytes:
+    """The binary ExportTraceServiceResponse; ``partial_success`` only when spans were refused."""
+    response = ExportTraceServiceResponse()
+    if result.rejected:
+        response.partial_success.CopyFrom(
+            ExportTracePartialSuccess(rejected_spans=result.rejected, error_message=result.message)
+        )
+    return response.SerializeToString()
+
+
+class IngestService:
+    def __init__(self, writer: SpanWriter, metrics: Metrics) -> None:
+        self.writer = writer
+        self.metrics = metrics
+
+    async def export_bytes(self, tenant: str, raw: bytes, transport: str) -> ExportResult:
+        """A binary OTLP ExportTraceServiceRequest (gRPC, OTLP/HTTP protobuf)."""
+        return await self._store(tenant, validate_bytes(raw), transport)
+
+    async def export_message(self, tenant: str, request: ExportTraceServiceRequest, transport: str) -> ExportResult:
+        """A request decoded from OTLP/JSON or converted from Zipkin."""
+        return await self._store(tenant, validate(request), transport)
+
+    async def _store(self, tenant: str, checked: Validated, transport: str) -> ExportResult:
+        received = checked.accepted + checked.rejected
+        if received:
+            self.metrics.spans_received.labels(tenant, transport).inc(received)
+        for reason, count in checked.reasons.items():
+            self.metrics.spans_rejected.labels(tenant, reason).inc(count)
+        if checked.accepted:
+            await self.writer.write(SpanBatch(tenant, checked.payload, checked.accepted))
+            self.metrics.spans_accepted.labels(tenant).inc(checked.accepted)
+        self.metrics.requests.labels(transport, "partial" if checked.rejected else "ok").inc()
+        return ExportResult(checked.accepted, checked.rejected, checked.message)
+
+    def count_failure(self, transport: str, error: Exception) -> None:
+        outcome = next((name for cls, name in OUTCOMES.items() if isinstance(error, cls)), "error")
+        self.metrics.requests.labels(transport, outcome).inc()

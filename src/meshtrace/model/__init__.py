@@ -1,0 +1,1 @@
+"""Span data as meshtrace reads and writes it: OTLP protobuf in, the read model out."""

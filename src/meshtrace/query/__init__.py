@@ -1,0 +1,1 @@
+"""Answering questions about stored traces: parameters, adjusters, and the query service."""

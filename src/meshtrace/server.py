@@ -1,0 +1,233 @@
+"""``meshtrace serve``: the store, the OTLP/gRPC, OTLP/HTTP and query servers, one event loop.
+
+Start order: open the store (replaying the write-ahead log), bind every port, then announce. Stop order
+(SIGTERM/SIGINT): stop taking requests and finish those in flight, insert everything acknowledged,
+close the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import orjson
+import uvicorn
+
+from meshtrace.api.app import create_app
+from meshtrace.config import Address, ServeConfig
+from meshtrace.errors import ConfigError
+from meshtrace.ingest.auth import TokenAuth
+from meshtrace.ingest.grpc_server import TraceServiceHandler, create_server
+from meshtrace.ingest.http_app import OtlpHttpApp
+from meshtrace.ingest.service import IngestService
+from meshtrace.metrics import Metrics
+from meshtrace.query.service import QueryService
+from meshtrace.store import Store
+from meshtrace.store.wal import Record
+
+log = logging.getLogger("meshtrace")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    grpc: str
+    otlp_http: str
+    http: str
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handlers: the backend stops all its servers together."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _bind(address: Address, what: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((address.host, address.port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {address} for {what}: {exc.strerror}",
+            path=what,
+            fix="choose another port or stop what is using it",
+        ) from exc
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def _shown(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Backend:
+    """The running backend; ``start`` then ``wait`` then ``stop``."""
+
+    def __init__(self, config: ServeConfig, tokens: dict[str, str]) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.auth = TokenAuth(tokens, enabled=not config.no_auth)
+        self.store: Store | None = None
+        self._grpc = None
+        self._servers: list[_Uvicorn] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+        self._started = False
+
+    def _on_commit(self, batch: list[Record], seconds: float) -> None:
+        spans = 0
+        for record in batch:
+            self.metrics.spans_stored.labels(record.tenant).inc(record.span_count)
+            spans += record.span_count
+        self.metrics.insert_seconds.observe(seconds)
+        self.metrics.insert_spans.observe(spans)
+
+    def readiness(self) -> list[str]:
+        problems = []
+        if not self._started or self.store is None:
+            return ["starting"]
+        writer = self.store.writer
+        if not writer.healthy:
+            problems.append(f"store writes failing: {writer.stats.last_error or 'write-ahead log broken'}")
+        if writer.pending_bytes > 0.9 * writer.max_pending_bytes:
+            problems.append("ingest queue nearly full")
+        return problems
+
+    async def start(self) -> Endpoints:
+        config = self.config
+        store = self.store = await asyncio.to_thread(Store.open, config.store_options(), self._on_commit)
+        log.info("store: %s", store.engine.description)
+        recovery = await store.start()
+        if recovery.span_count:
+            log.info("store: replayed %d acknowledged spans from the write-ahead log", recovery.span_count)
+        writer = store.writer
+        self.metrics.gauge(
+            "meshtrace_ingest_pending_bytes",
+            "Bytes acknowledged but not yet inserted.",
+            lambda: writer.pending_bytes,
+        )
+        self.metrics.gauge(
+            "meshtrace_ingest_pending_spans",
+            "Spans waiting for the next insert.",
+            lambda: writer.pending_spans,
+        )
+
+        ingest = IngestService(writer, self.metrics)
+        socks = {
+            "otlp_http": _bind(config.address("otlp_http"), "otlp_http"),
+            "http": _bind(config.address("http"), "http"),
+        }
+        self._grpc = create_server(TraceServiceHandler(ingest, self.auth), config.max_body_bytes)
+        grpc_address = config.address("grpc")
+        try:
+            grpc_port = self._grpc.add_insecure_port(str(grpc_address))
+        except RuntimeError as exc:
+            raise ConfigError(
+                f"cannot listen on {grpc_address} for grpc",
+                path="grpc",
+                fix="choose another port or stop what is using it",
+            ) from exc
+        await self._grpc.start()
+
+        query_app = create_app(QueryService(store.reader), self.auth, self.metrics, self.readiness)
+        otlp_app = OtlpHttpApp(ingest, self.auth, config.max_body_bytes).app
+        for app, sock in ((otlp_app, socks["otlp_http"]), (query_app, socks["http"])):
+            server = _Uvicorn(
+                uvicorn.Config(
+                    app,
+                    lifespan="off",
+                    log_config=None,
+                    access_log=False,
+                    http="httptools",
+                    timeout_graceful_shutdown=10,
+                )
+            )
+            self._servers.append(server)
+            self._tasks.append(asyncio.create_task(server.serve(sockets=[sock])))
+        while not all(s.started for s in self._servers):
+            if any(t.done() for t in self._tasks):
+                await asyncio.gather(*self._tasks)
+            await asyncio.sleep(0.01)
+        self._started = True
+        grpc_shown = str(Address(grpc_address.host, grpc_port))
+        return Endpoints(grpc_shown, _shown(socks["otlp_http"]), _shown(socks["http"]))
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def wait(self) -> None:
+        await self._stop.wait()
+
+    async def stop(self) -> None:
+        log.info("stopping: finishing requests in flight")
+        for server in self._servers:
+            server.should_exit = True
+        if self._grpc is not None:
+            await self._grpc.stop(grace=5)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.store is not None:
+            pending = self.store.writer.pending_spans
+            if pending:
+                log.info("stopping: inserting %d acknowledged spans", pending)
+            await self.store.close()
+        log.info("stopped")
+
+
+async def _report(backend: Backend, every: float = 60.0) -> None:
+    """A line a minute saying what was stored, only when something was."""
+    last = 0
+    while True:
+        await asyncio.sleep(every)
+        if backend.store is None:
+            continue
+        stored = backend.store.writer.stats.committed_spans
+        if stored != last:
+            log.info("stored %d spans in the last %.0fs (%.0f/s)", stored - last, every, (stored - last) / every)
+            last = stored
+
+
+def _write_ready_file(path: str, endpoints: Endpoints) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(
+            orjson.dumps(
+                {"pid": os.getpid(), "grpc": endpoints.grpc, "otlp_http": endpoints.otlp_http, "http": endpoints.http}
+            )
+        )
+    os.replace(tmp, path)
+
+
+async def serve(
+    config: ServeConfig, tokens: dict[str, str], announce: object = None, ready_file: str | None = None
+) -> None:
+    """Run until SIGTERM/SIGINT. ``announce(endpoints)`` is called once every port is open."""
+    backend = Backend(config, tokens)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, backend.request_stop)
+    try:
+        started = time.perf_counter()
+        endpoints = await backend.start()
+        log.info("ready in %.1fs", time.perf_counter() - started)
+        if callable(announce):
+            announce(endpoints)
+        if ready_file:
+            _write_ready_file(ready_file, endpoints)
+        reporter = asyncio.create_task(_report(backend))
+        await backend.wait()
+        reporter.cancel()
+    finally:
+        await backend.stop()

@@ -1,0 +1,125 @@
+"""Storage on the ClickHouse engine: embedded (chdb, the default) or a ClickHouse server.
+
+``Store.open`` creates or updates the schema and returns the reader and writer of the contract in
+``meshtrace.store.api``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from meshtrace.store.api import SpanBatch, SpanWriter, TimeRange, TraceQuery, TraceReader, TraceSummary
+from meshtrace.store.engine import ChdbEngine, Engine, ServerEngine, parse_server_url
+from meshtrace.store.reader import ClickHouseReader
+from meshtrace.store.schema import Schema
+from meshtrace.store.wal import Record, Recovery, WriteAheadLog
+from meshtrace.store.writer import Writer
+
+__all__ = [
+    "SpanBatch",
+    "SpanWriter",
+    "Store",
+    "StoreOptions",
+    "StoreSize",
+    "TimeRange",
+    "TraceQuery",
+    "TraceReader",
+    "TraceSummary",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOptions:
+    """How to open the store. ``url`` None means the embedded engine in ``data_dir``."""
+
+    data_dir: str = "./meshtrace-data"
+    url: str | None = None
+    retention_s: int = 7 * 86400
+    wal: bool = True
+    wal_fsync: bool = True
+    flush_interval: float = 0.2
+    flush_spans: int = 10_000
+    max_pending_bytes: int = 256 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSize:
+    spans: int
+    bytes_on_disk: int
+    parts: int
+
+
+class Store:
+    """One engine, its schema, and the reader and writer over it."""
+
+    def __init__(self, engine: Engine, schema: Schema, writer: Writer, reader: ClickHouseReader) -> None:
+        self.engine = engine
+        self.schema = schema
+        self.writer = writer
+        self.reader = reader
+
+    @classmethod
+    def open(cls, options: StoreOptions, on_commit: Callable[[list[Record], float], None] | None = None) -> Store:
+        """Connect, create or update the schema; raises ``StoreError`` or ``ConfigError``."""
+        if options.url:
+            address = parse_server_url(options.url)
+            engine: Engine = ServerEngine(address)
+            schema = Schema(database=address.database, retention_s=options.retention_s, embedded=False)
+        else:
+            engine = ChdbEngine(os.path.join(options.data_dir, "clickhouse"))
+            schema = Schema(retention_s=options.retention_s, embedded=True)
+        try:
+            apply_schema(engine, schema)
+        except Exception:
+            engine.close()
+            raise
+        wal = None
+        if options.wal:
+            wal = WriteAheadLog(os.path.join(options.data_dir, "wal"), fsync=options.wal_fsync)
+        writer = Writer(
+            engine,
+            schema,
+            wal,
+            flush_interval=options.flush_interval,
+            flush_spans=options.flush_spans,
+            max_pending_bytes=options.max_pending_bytes,
+            on_commit=on_commit,
+        )
+        return cls(engine, schema, writer, ClickHouseReader(engine, schema))
+
+    async def start(self) -> Recovery:
+        return await self.writer.start()
+
+    async def close(self) -> None:
+        await self.writer.close()
+        self.engine.close()
+
+    def size(self) -> StoreSize:
+        rows = self.engine.query(
+            "SELECT sum(rows), sum(bytes_on_disk), count() FROM system.parts "
+            "WHERE active AND database = {db:String} AND table = 'otel_traces'",
+            {"db": self.schema.database},
+        )
+        spans, size, parts = rows[0] if rows else (0, 0, 0)
+        return StoreSize(int(spans or 0), int(size or 0), int(parts or 0))
+
+
+def apply_schema(engine: Engine, schema: Schema) -> None:
+    """Create what is missing; change the TTL only if the retention differs (no part rewrite)."""
+    for statement in schema.statements():
+        engine.execute(statement)
+    rows = engine.query(
+        "SELECT create_table_query FROM system.tables WHERE database = {db:String} AND name = 'otel_traces'",
+        {"db": schema.database},
+    )
+    current = re.search(r"toIntervalSecond\((\d+)\)", rows[0][0]) if rows else None
+    if current is None or int(current.group(1)) != schema.retention_s:
+        log.info("setting retention to %d s", schema.retention_s)
+        for statement in schema.retention_statements():
+            engine.execute(statement + " SETTINGS materialize_ttl_after_modify = 0")

@@ -1,0 +1,216 @@
+"""The ClickHouse engine, embedded (chdb) or a server (clickhouse-connect), behind one small interface.
+
+Both speak the same SQL with server-side ``{name:Type}`` parameters, and both take inserts as raw
+bytes in a ClickHouse input format. Driver errors are translated into ``StoreError`` here and nowhere
+else.
+
+chdb rules this module enforces: one database path per process, one connection per thread (a shared
+connection refuses queries while an insert streams), and the engine releases the GIL while it works, so
+reader threads and the writer thread run in parallel with the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import orjson
+
+from meshtrace.errors import ConfigError, StoreError
+
+_JSON_SETTINGS = " SETTINGS output_format_json_validate_utf8 = 1, output_format_json_quote_64bit_integers = 0"
+
+
+class Engine(Protocol):
+    """What the store needs from ClickHouse; every method may raise ``StoreError``."""
+
+    embedded: bool
+    description: str
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None: ...
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[list[Any]]: ...
+
+    def insert(self, table: str, data: bytes, fmt: str, settings: Mapping[str, str | int]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@contextlib.contextmanager
+def _translated(what: str) -> Iterator[None]:
+    try:
+        yield
+    except StoreError:
+        raise
+    except Exception as exc:  # the drivers raise RuntimeError, ChdbError, DatabaseError, OSError, ...
+        raise StoreError(f"{what}: {exc}") from exc
+
+
+def _settings_clause(settings: Mapping[str, str | int]) -> str:
+    parts = []
+    for key, value in settings.items():
+        if isinstance(value, str):
+            escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+            parts.append(f"{key} = '{escaped}'")
+        else:
+            parts.append(f"{key} = {int(value)}")
+    return " SETTINGS " + ", ".join(parts) if parts else ""
+
+
+class ChdbEngine:
+    """The embedded engine: data in a directory, owned by this process alone."""
+
+    embedded = True
+
+    def __init__(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+        self.path = os.path.abspath(path)
+        self.description = f"embedded ClickHouse (chdb) in {self.path}"
+        self._local = threading.local()
+        self._all: list[Any] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._conn()  # fail now, not on the first request, if the directory is locked or unusable
+
+    def _conn(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._closed:
+                raise StoreError("the store is closed")
+            with _translated(f"cannot open the embedded store in {self.path}"):
+                import chdb  # the engine is 0.5 s to import; only pay it when a store opens
+
+                conn = chdb.connect(self.path)
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        with _translated("query failed"):
+            self._conn().query(sql, "CSV", params=_chdb_params(params))
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[list[Any]]:
+        with _translated("query failed"):
+            result = self._conn().query(sql + _JSON_SETTINGS, "JSONCompact", params=_chdb_params(params))
+            raw = result.bytes()
+        if not raw:
+            return []
+        return orjson.loads(raw)["data"]
+
+    def insert(self, table: str, data: bytes, fmt: str, settings: Mapping[str, str | int]) -> None:
+        with (
+            _translated(f"insert into {table} failed"),
+            self._conn().send_insert(f"INSERT INTO {table}{_settings_clause(settings)}", fmt) as inserter,
+        ):
+            inserter.append(data)
+            inserter.finish()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            conns, self._all = self._all, []
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                conn.close()
+        self._local = threading.local()
+
+
+def _chdb_params(params: Mapping[str, Any] | None) -> dict[str, str] | None:
+    if not params:
+        return None
+    from clickhouse_connect.driver.binding import format_bind_value
+
+    return {key: format_bind_value(value) for key, value in params.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerAddress:
+    host: str
+    port: int
+    database: str
+    username: str
+    password: str
+    secure: bool
+
+
+def parse_server_url(url: str) -> ServerAddress:
+    """``clickhouse://[user[:password]@]host[:port][/database][?secure=true]`` (HTTP interface)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("clickhouse", "clickhouses", "http", "https"):
+        raise ConfigError(
+            f"unknown store URL scheme {parts.scheme!r}",
+            path="store",
+            fix="use clickhouse://host:8123/database, or leave --store unset for the embedded engine",
+        )
+    if not parts.hostname:
+        raise ConfigError("store URL has no host", path="store", fix="e.g. clickhouse://127.0.0.1:8123/otel")
+    query = parse_qs(parts.query)
+    secure = parts.scheme in ("clickhouses", "https") or query.get("secure", ["false"])[0] == "true"
+    return ServerAddress(
+        host=parts.hostname,
+        port=parts.port or (8443 if secure else 8123),
+        database=unquote(parts.path.lstrip("/")) or "otel",
+        username=unquote(parts.username or "default"),
+        password=unquote(parts.password or ""),
+        secure=secure,
+    )
+
+
+class ServerEngine:
+    """A ClickHouse server over its HTTP interface; one client per thread."""
+
+    embedded = False
+
+    def __init__(self, address: ServerAddress) -> None:
+        self.address = address
+        self.description = f"ClickHouse server at {address.host}:{address.port}/{address.database}"
+        self._local = threading.local()
+        self._all: list[Any] = []
+        self._lock = threading.Lock()
+        self._client()
+
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            import clickhouse_connect
+
+            with _translated(f"cannot reach {self.description}"):
+                client = clickhouse_connect.get_client(
+                    host=self.address.host,
+                    port=self.address.port,
+                    username=self.address.username,
+                    password=self.address.password,
+                    secure=self.address.secure,
+                    autogenerate_session_id=False,
+                )
+            self._local.client = client
+            with self._lock:
+                self._all.append(client)
+        return client
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        with _translated("query failed"):
+            self._client().command(sql, parameters=dict(params) if params else None)
+
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[list[Any]]:
+        with _translated("query failed"):
+            result = self._client().query(sql, parameters=dict(params) if params else None)
+        return [list(row) for row in result.result_rows]
+
+    def insert(self, table: str, data: bytes, fmt: str, settings: Mapping[str, str | int]) -> None:
+        with _translated(f"insert into {table} failed"):
+            self._client().raw_insert(table, insert_block=data, fmt=fmt, settings=dict(settings))
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._all = self._all, []
+        for client in clients:
+            with contextlib.suppress(Exception):
+                client.close()
+        self._local = threading.local()

@@ -1,0 +1,243 @@
+"""``TraceReader`` over the ClickHouse tables: SQL in, read-model objects out.
+
+Every statement filters on ``Tenant`` first (the leading sort-key column) and passes values as
+server-side parameters. Filters on hot Istio attributes use their materialized columns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshtrace.model.spans import DependencyLink, Event, Link, Operation, Span, SpanKind, StatusCode, Trace
+from meshtrace.store.api import TimeRange, TraceQuery, TraceSummary
+from meshtrace.store.engine import Engine
+from meshtrace.store.schema import HOT_ATTRIBUTES, Schema
+
+_NS_PER_S = 1_000_000_000
+
+SPAN_COLUMNS = """TraceId, SpanId, ParentSpanId, TraceState, SpanName, SpanKind, ServiceName,
+    toUnixTimestamp64Nano(Timestamp), Duration, StatusCode, StatusMessage,
+    SpanAttributes, ResourceAttributes, ScopeName, ScopeVersion,
+    arrayMap(t -> toUnixTimestamp64Nano(t), `Events.Timestamp`), `Events.Name`, `Events.Attributes`,
+    `Links.TraceId`, `Links.SpanId`, `Links.TraceState`, `Links.Attributes`"""
+
+
+def _kind(text: str) -> SpanKind:
+    try:
+        return SpanKind.parse(text)
+    except (KeyError, IndexError):
+        return SpanKind.UNSPECIFIED
+
+
+def _status(text: str) -> StatusCode:
+    try:
+        return StatusCode.parse(text)
+    except KeyError:
+        return StatusCode.UNSET
+
+
+def span_from_row(row: list[Any]) -> Span:
+    """Map one ``SPAN_COLUMNS`` row; accepts both the exporter's old and new kind/status spellings."""
+    (
+        trace_id,
+        span_id,
+        parent,
+        state,
+        name,
+        kind,
+        service,
+        start,
+        duration,
+        status,
+        message,
+        attrs,
+        resource,
+        scope_name,
+        scope_version,
+        ev_times,
+        ev_names,
+        ev_attrs,
+        link_traces,
+        link_spans,
+        link_states,
+        link_attrs,
+    ) = row
+    return Span(
+        trace_id=trace_id,
+        span_id=span_id,
+        parent_span_id=parent,
+        name=name,
+        kind=_kind(kind),
+        service=service,
+        start_ns=int(start),
+        duration_ns=int(duration),
+        status_code=_status(status),
+        status_message=message,
+        trace_state=state,
+        attributes=dict(attrs),
+        resource=dict(resource),
+        scope_name=scope_name,
+        scope_version=scope_version,
+        events=[Event(int(t), n, dict(a)) for t, n, a in zip(ev_times, ev_names, ev_attrs, strict=True)],
+        links=[
+            Link(t, s, st, dict(a))
+            for t, s, st, a in zip(link_traces, link_spans, link_states, link_attrs, strict=True)
+        ],
+    )
+
+
+class Conditions:
+    """Accumulates a WHERE clause and its parameters."""
+
+    def __init__(self, tenant: str) -> None:
+        self.clauses = ["Tenant = {tenant:String}"]
+        self.params: dict[str, Any] = {"tenant": tenant}
+
+    def add(self, clause: str, **params: Any) -> None:
+        self.clauses.append(clause)
+        self.params.update(params)
+
+    def time(self, time: TimeRange) -> None:
+        self.add(
+            "Timestamp >= fromUnixTimestamp64Nano({t0:Int64}) AND Timestamp < fromUnixTimestamp64Nano({t1:Int64})",
+            t0=time.start_ns,
+            t1=time.end_ns,
+        )
+
+    @property
+    def sql(self) -> str:
+        return " AND ".join(self.clauses)
+
+
+def search_conditions(query: TraceQuery) -> Conditions:
+    where = Conditions(query.tenant)
+    where.time(query.time)
+    if query.service:
+        where.add("ServiceName = {service:String}", service=query.service)
+    if query.operation:
+        where.add("SpanName = {operation:String}", operation=query.operation)
+    if query.span_kind:
+        where.add("SpanKind = {kind:String}", kind=query.span_kind.value)
+    if query.min_duration_ns is not None:
+        where.add("Duration >= {min_d:UInt64}", min_d=query.min_duration_ns)
+    if query.max_duration_ns is not None:
+        where.add("Duration <= {max_d:UInt64}", max_d=query.max_duration_ns)
+    if query.status is not None:
+        where.add("StatusCode = {status:String}", status=query.status.value)
+    for i, (key, value) in enumerate(sorted(query.attributes.items())):
+        params = {f"k{i}": key, f"v{i}": value}
+        if key in HOT_ATTRIBUTES:
+            where.add(f"{HOT_ATTRIBUTES[key]} = {{v{i}:String}}", **params)
+        else:
+            where.add(
+                f"(SpanAttributes[{{k{i}:String}}] = {{v{i}:String}} "
+                f"OR ResourceAttributes[{{k{i}:String}}] = {{v{i}:String}})",
+                **params,
+            )
+    return where
+
+
+class ClickHouseReader:
+    """Reads the tables ``Schema`` describes; every method may raise ``StoreError``."""
+
+    def __init__(self, engine: Engine, schema: Schema) -> None:
+        self.engine = engine
+        self.schema = schema
+
+    def _spans(self, where: Conditions) -> list[Span]:
+        rows = self.engine.query(
+            f"SELECT {SPAN_COLUMNS} FROM {self.schema.traces} WHERE {where.sql} ORDER BY Timestamp, SpanId",
+            where.params,
+        )
+        return [span_from_row(row) for row in rows]
+
+    def _bounds(self, trace_ids: list[str]) -> TimeRange | None:
+        """Where the traces lie in time, from the trace-id lookup table (the primary key there)."""
+        rows = self.engine.query(
+            f"SELECT toUnixTimestamp(min(Start)), toUnixTimestamp(max(End)), count() "
+            f"FROM {self.schema.trace_id_ts} WHERE TraceId IN {{ids:Array(String)}}",
+            {"ids": trace_ids},
+        )
+        if not rows or not int(rows[0][2]):
+            return None
+        start, end, _ = rows[0]
+        return TimeRange(int(start) * _NS_PER_S, (int(end) + 1) * _NS_PER_S)
+
+    def get_trace(self, tenant: str, trace_id: str, time: TimeRange | None = None) -> Trace | None:
+        time = time or self._bounds([trace_id])
+        if time is None:
+            return None
+        where = Conditions(tenant)
+        where.add("TraceId = {trace_id:String}", trace_id=trace_id)
+        where.time(time)
+        spans = self._spans(where)
+        return Trace(trace_id, spans) if spans else None
+
+    def find_trace_ids(self, query: TraceQuery) -> list[TraceSummary]:
+        where = search_conditions(query)
+        rows = self.engine.query(
+            f"""SELECT TraceId,
+                   min(toUnixTimestamp64Nano(Timestamp)) AS first_start,
+                   max(toUnixTimestamp64Nano(Timestamp) + Duration) AS last_end
+            FROM {self.schema.traces}
+            WHERE {where.sql}
+            GROUP BY TraceId
+            ORDER BY first_start DESC, TraceId
+            LIMIT {{limit:UInt32}}""",
+            {**where.params, "limit": query.limit},
+        )
+        return [TraceSummary(tid, int(start), int(end)) for tid, start, end in rows]
+
+    def find_traces(self, query: TraceQuery) -> list[Trace]:
+        summaries = self.find_trace_ids(query)
+        if not summaries:
+            return []
+        ids = [s.trace_id for s in summaries]
+        time = self._bounds(ids)
+        if time is None:  # the lookup table lags only if written by a foreign writer without its view
+            time = TimeRange(min(s.start_ns for s in summaries) - 3600 * _NS_PER_S, query.time.end_ns)
+        where = Conditions(query.tenant)
+        where.add("TraceId IN {ids:Array(String)}", ids=ids)
+        where.time(time)
+        by_trace: dict[str, list[Span]] = {tid: [] for tid in ids}
+        for span in self._spans(where):
+            by_trace[span.trace_id].append(span)
+        return [Trace(tid, spans) for tid, spans in by_trace.items() if spans]
+
+    def get_services(self, tenant: str) -> list[str]:
+        rows = self.engine.query(
+            f"SELECT DISTINCT ServiceName FROM {self.schema.traces} WHERE Tenant = {{tenant:String}} "
+            "ORDER BY ServiceName",
+            {"tenant": tenant},
+        )
+        return [row[0] for row in rows]
+
+    def get_operations(self, tenant: str, service: str, span_kind: SpanKind | None = None) -> list[Operation]:
+        where = Conditions(tenant)
+        where.add("ServiceName = {service:String}", service=service)
+        if span_kind is not None:
+            where.add("SpanKind = {kind:String}", kind=span_kind.value)
+        rows = self.engine.query(
+            f"SELECT SpanName, SpanKind FROM {self.schema.traces} WHERE {where.sql} "
+            "GROUP BY SpanName, SpanKind ORDER BY SpanName, SpanKind",
+            where.params,
+        )
+        return [Operation(name, _kind(kind)) for name, kind in rows]
+
+    def get_dependencies(self, tenant: str, time: TimeRange) -> list[DependencyLink]:
+        where = Conditions(tenant)
+        where.time(time)
+        rows = self.engine.query(
+            f"""SELECT parent.ServiceName AS p, child.ServiceName AS c, count() AS calls
+            FROM (SELECT TraceId, SpanId, ServiceName FROM {self.schema.traces} WHERE {where.sql}) AS parent
+            INNER JOIN (
+                SELECT TraceId, ParentSpanId, ServiceName FROM {self.schema.traces}
+                WHERE {where.sql} AND ParentSpanId != ''
+            ) AS child
+            ON child.TraceId = parent.TraceId AND child.ParentSpanId = parent.SpanId
+            WHERE p != c
+            GROUP BY p, c
+            ORDER BY p, c""",
+            where.params,
+        )
+        return [DependencyLink(p, c, int(n)) for p, c, n in rows]

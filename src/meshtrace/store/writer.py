@@ -1,0 +1,403 @@
+"""The write path: admission → write-ahead log → acknowledgement; one thread inserts batches behind it.
+
+``write`` returns when the request is durable in the log (after its group fsync), not when it is in the
+tables: this is what lets a few senders, each waiting for its acknowledgement, still fill 10k-span
+inserts. The inserter thread takes whatever is pending when ``flush_spans`` spans have gathered or the
+oldest has waited ``flush_interval``, inserts it into the ``Null`` table (ClickHouse decodes the OTLP
+bytes itself) with the batch's deduplication token, then advances the log's checkpoint.
+
+Memory is bounded: requests not yet inserted are kept in memory (and on disk); past ``max_pending_bytes``
+new requests are refused with ``Overloaded`` and a Retry-After estimated from the insert rate.
+
+Without a log (``wal=None``), ``write`` waits for the insert itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from meshtrace.errors import Overloaded, StoreError
+from meshtrace.store.api import SpanBatch
+from meshtrace.store.engine import Engine
+from meshtrace.store.schema import WIRE_MESSAGE, Schema, wire_schema
+from meshtrace.store.wal import Record, Recovery, WriteAheadLog
+
+log = logging.getLogger(__name__)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def encode_rows(records: list[Record]) -> bytes:
+    """Length-delimited ``Row`` messages: each request's bytes followed by its tenant (field 1001)."""
+    parts: list[bytes] = []
+    for record in records:
+        tenant = record.tenant.encode()
+        suffix = b"\xca\x3e" + _varint(len(tenant)) + tenant  # tag of field 1001, wire type 2
+        parts += (_varint(len(record.payload) + len(suffix)), record.payload, suffix)
+    return b"".join(parts)
+
+
+@dataclass(slots=True)
+class WriterStats:
+    """Counters the metrics endpoint and the status page read (updated by the inserter thread)."""
+
+    committed_spans: int = 0
+    committed_batches: int = 0
+    failed_inserts: int = 0
+    set_aside_spans: int = 0
+    last_insert_seconds: float = 0.0
+    last_error: str = ""
+
+
+class Writer:
+    """``SpanWriter`` over the ClickHouse engine, with or without a write-ahead log."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        schema: Schema,
+        wal: WriteAheadLog | None,
+        *,
+        flush_interval: float = 0.2,
+        flush_spans: int = 10_000,
+        max_pending_bytes: int = 256 << 20,
+        on_commit: Callable[[list[Record], float], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.schema = schema
+        self.wal = wal
+        self.flush_interval = flush_interval
+        self.flush_spans = flush_spans
+        self.max_pending_bytes = max_pending_bytes
+        self.stats = WriterStats()
+        self._on_commit = on_commit
+        self._settings: dict[str, str | int] = {
+            "format_schema_source": "string",
+            "format_schema": wire_schema(),
+            "format_schema_message_name": WIRE_MESSAGE,
+            "input_format_protobuf_oneof_presence": 1,
+            "insert_deduplicate": 1,
+            "deduplicate_blocks_in_dependent_materialized_views": 1,
+        }
+        self._cond = threading.Condition()
+        self._pending: deque[tuple[Record, float]] = deque()  # not yet taken by the inserter
+        self._pending_spans = 0
+        self._unsaved_bytes = 0  # pending + being inserted
+        self._committed_seq = 0
+        self._appended_seq = 0
+        self._seq = itertools.count(1)  # used when there is no log
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._durable: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._committed_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._tiebreak = itertools.count()
+        self._rate = 0.0  # spans/s over recent inserts, for Retry-After
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> Recovery:
+        """Open the log, insert what a crash left behind, then start the inserter thread."""
+        self._loop = asyncio.get_running_loop()
+        recovery = Recovery()
+        if self.wal is not None:
+            recovery = await asyncio.to_thread(self.wal.open, self._synced_from_thread)
+            self._committed_seq = self.wal.committed
+            if recovery.inflight or recovery.pending:
+                await asyncio.to_thread(self._replay, recovery)
+            self._appended_seq = self._committed_seq = max(self._committed_seq, self.wal.committed)
+        self._thread = threading.Thread(target=self._insert_loop, name="meshtrace-inserter", daemon=True)
+        self._thread.start()
+        return recovery
+
+    def _replay(self, recovery: Recovery) -> None:
+        log.info(
+            "write-ahead log: replaying %d acknowledged spans that were not yet in the tables",
+            recovery.span_count,
+        )
+        with self._cond:
+            self._unsaved_bytes += sum(len(r.payload) for b in (*recovery.inflight, recovery.pending) for r in b)
+        for batch in recovery.inflight:
+            self._insert(batch, retry_forever=True)
+        pending = recovery.pending
+        while pending:
+            batch, spans = [], 0
+            while pending and (not batch or spans + pending[0].span_count <= self.flush_spans):
+                spans += pending[0].span_count
+                batch.append(pending.pop(0))
+            self._insert(batch, retry_forever=True)
+
+    async def close(self) -> None:
+        """Insert everything acknowledged, stop the inserter, close the log. Safe to call twice."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        if self.wal is not None:
+            await asyncio.to_thread(self.wal.close)
+
+    # -- the SpanWriter protocol ------------------------------------------------------------------
+
+    async def write(self, batch: SpanBatch) -> None:
+        loop = asyncio.get_running_loop()
+        size = len(batch.payload)
+        with self._cond:
+            if self._stopping:
+                raise Overloaded("the backend is shutting down", retry_after=5)
+            if self._unsaved_bytes and self._unsaved_bytes + size > self.max_pending_bytes:
+                raise Overloaded(
+                    f"the store is behind by {self._unsaved_bytes >> 20} MiB of spans; retry later",
+                    retry_after=self._retry_after(),
+                )
+            self._unsaved_bytes += size
+        try:
+            if self.wal is not None:
+                seq = self.wal.append(batch.tenant, batch.span_count, batch.payload)
+            else:
+                seq = next(self._seq)
+        except StoreError:
+            with self._cond:
+                self._unsaved_bytes -= size
+            raise
+        record = Record(seq, batch.tenant, batch.span_count, batch.payload)
+        future: asyncio.Future[None] = loop.create_future()
+        if self.wal is not None and self.wal.fsync:
+            heapq.heappush(self._durable, (seq, next(self._tiebreak), future))
+            self._wake_durable(self.wal_synced_seq())
+        elif self.wal is None:
+            heapq.heappush(self._committed_waiters, (seq, next(self._tiebreak), future))
+        else:
+            future.set_result(None)
+        with self._cond:
+            self._pending.append((record, time.monotonic()))
+            self._pending_spans += record.span_count
+            self._appended_seq = seq
+            self._cond.notify()
+        await future
+
+    async def sync(self) -> None:
+        """Wait until every write acknowledged before this call is visible to readers."""
+        target = self._appended_seq
+        if target <= self._committed_seq:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._committed_waiters, (target, next(self._tiebreak), future))
+        self._wake_committed(self._committed_seq)
+        await future
+
+    # -- state for metrics and readiness ----------------------------------------------------------
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._unsaved_bytes
+
+    @property
+    def pending_spans(self) -> int:
+        return self._pending_spans
+
+    @property
+    def healthy(self) -> bool:
+        return not self.stats.last_error and not (self.wal is not None and self.wal.broken)
+
+    def wal_synced_seq(self) -> int:
+        return self.wal._synced if self.wal is not None else 0
+
+    def _retry_after(self) -> float:
+        if self._rate <= 0:
+            return 2.0
+        backlog = self._unsaved_bytes / max(self.max_pending_bytes, 1) * self.flush_spans
+        return float(min(max(round(backlog / self._rate + 1), 1), 30))
+
+    # -- waking waiters on the event loop ---------------------------------------------------------
+
+    def _synced_from_thread(self, seq: int) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake_durable, seq)
+
+    def _committed_from_thread(self, seq: int) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake_committed, seq)
+
+    def _wake_durable(self, seq: int) -> None:
+        _release(self._durable, seq)
+
+    def _wake_committed(self, seq: int) -> None:
+        self._committed_seq = max(self._committed_seq, seq)
+        _release(self._committed_waiters, self._committed_seq)
+
+    def _fail_waiters(self, first: int, last: int, error: StoreError) -> None:
+        def fail() -> None:
+            keep = []
+            while self._committed_waiters:
+                item = heapq.heappop(self._committed_waiters)
+                if first <= item[0] <= last and not item[2].done():
+                    item[2].set_exception(error)
+                else:
+                    keep.append(item)
+            for item in keep:
+                heapq.heappush(self._committed_waiters, item)
+
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(fail)
+
+    # -- the inserter thread ----------------------------------------------------------------------
+
+    def _take_batch(self) -> list[Record] | None:
+        with self._cond:
+            while True:
+                if self._pending:
+                    age = time.monotonic() - self._pending[0][1]
+                    if self._pending_spans >= self.flush_spans or age >= self.flush_interval or self._stopping:
+                        break
+                    self._cond.wait(self.flush_interval - age)
+                elif self._stopping:
+                    return None
+                else:
+                    self._cond.wait()
+            batch: list[Record] = []
+            spans = 0
+            while self._pending and (not batch or spans + self._pending[0][0].span_count <= self.flush_spans):
+                record, _ = self._pending.popleft()
+                batch.append(record)
+                spans += record.span_count
+            self._pending_spans -= spans
+            return batch
+
+    def _insert_loop(self) -> None:
+        while (batch := self._take_batch()) is not None:
+            self._insert(batch, retry_forever=self.wal is not None)
+
+    def _insert(self, batch: list[Record], *, retry_forever: bool) -> None:
+        """Insert one batch; with a log behind it, keep at it until every record landed or was set aside."""
+        if self.wal is not None:
+            self.wal.begin(batch[0].seq, batch[-1].seq)
+        delay = 0.1
+        while True:
+            # The same batch again first, with the same token: on a server a "failure" may have committed.
+            for _ in range(3):
+                try:
+                    self._insert_once(batch)
+                    return
+                except StoreError as exc:
+                    self._note_failure(batch, exc)
+                    if not retry_forever:
+                        self._release_bytes(batch)
+                        self._fail_waiters(batch[0].seq, batch[-1].seq, exc)
+                        return
+                    time.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            # Split it: if some records land, the store works and the others are suspects.
+            suspects, landed = self._isolate(batch)
+            if not suspects:
+                return
+            if landed:
+                for record in suspects:
+                    self._retry_or_set_aside(record)
+                return
+            log.warning("store unavailable; retrying %d spans", sum(r.span_count for r in batch))
+
+    def _isolate(self, batch: list[Record]) -> tuple[list[Record], bool]:
+        """Insert halves recursively; return the records that still fail and whether any landed."""
+        if len(batch) == 1:
+            return batch, False
+        middle = len(batch) // 2
+        suspects: list[Record] = []
+        landed = False
+        for half in (batch[:middle], batch[middle:]):
+            try:
+                self._insert_once(half)
+                landed = True
+            except StoreError as exc:
+                self._note_failure(half, exc)
+                more, some = self._isolate(half)
+                suspects += more
+                landed = landed or some
+        return suspects, landed
+
+    def _retry_or_set_aside(self, record: Record, attempts: int = 4) -> None:
+        for attempt in range(attempts):
+            try:
+                self._insert_once([record])
+                return
+            except StoreError as exc:
+                self._note_failure([record], exc)
+                time.sleep(0.1 * 2**attempt)
+        # Other records go in and this one never does: keep it for inspection, let the log move on.
+        path = self.wal.set_aside(record) if self.wal is not None else "(nowhere: no write-ahead log)"
+        log.error(
+            "the store refuses %d acknowledged spans of tenant %r (log record %d): %s; kept in %s",
+            record.span_count,
+            record.tenant,
+            record.seq,
+            self.stats.last_error,
+            path,
+        )
+        self.stats.set_aside_spans += record.span_count
+        if self.wal is not None:
+            self.wal.mark_committed(record.seq, record.seq)
+        self._release_bytes([record])
+        self._committed_from_thread(self.wal.committed if self.wal is not None else record.seq)
+
+    def _note_failure(self, batch: list[Record], exc: StoreError) -> None:
+        self.stats.failed_inserts += 1
+        self.stats.last_error = str(exc)
+        log.warning("insert of %d spans failed: %s", sum(r.span_count for r in batch), exc)
+
+    def _insert_once(self, batch: list[Record]) -> None:
+        first, last = batch[0].seq, batch[-1].seq
+        settings = dict(self._settings)
+        if self.wal is not None:
+            self.wal.mark_inflight(first, last)
+            settings["insert_deduplication_token"] = self.wal.token(first, last)
+        started = time.perf_counter()
+        try:
+            self.engine.insert(self.schema.otlp_in, encode_rows(batch), "Protobuf", settings)
+        except StoreError:
+            if self.wal is not None:
+                self.wal.mark_failed(first, last)
+            raise
+        elapsed = time.perf_counter() - started
+        if self.wal is not None:
+            self.wal.mark_committed(first, last)
+        spans = sum(r.span_count for r in batch)
+        self.stats.committed_spans += spans
+        self.stats.committed_batches += 1
+        self.stats.last_insert_seconds = elapsed
+        self.stats.last_error = ""
+        rate = spans / max(elapsed, 1e-6)
+        self._rate = 0.7 * self._rate + 0.3 * rate if self._rate else rate
+        self._release_bytes(batch)
+        self._committed_from_thread(self.wal.committed if self.wal is not None else last)
+        if self._on_commit is not None:
+            self._on_commit(batch, elapsed)
+
+    def _release_bytes(self, batch: list[Record]) -> None:
+        with self._cond:
+            self._unsaved_bytes -= sum(len(r.payload) for r in batch)
+
+
+def _release(heap: list[tuple[int, int, asyncio.Future[None]]], seq: int) -> None:
+    while heap and heap[0][0] <= seq:
+        _, _, future = heapq.heappop(heap)
+        if not future.done():
+            future.set_result(None)
