@@ -72,6 +72,24 @@ def parse_otlp_json(body: bytes) -> ExportTraceServiceRequest:
     return request
 
 
+def _b64_to_hex(obj: dict[str, Any], keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if key in obj:
+            obj[key] = base64.b64decode(obj[key]).hex()
+
+
+def to_otlp_json(request: ExportTraceServiceRequest) -> dict[str, Any]:
+    """The OTLP/JSON form of a request: lowerCamelCase, hex ids, enums as numbers, int64 as strings."""
+    doc = json_format.MessageToDict(request, use_integers_for_enums=True)
+    for resource_spans in doc.get("resourceSpans", []):
+        for scope_spans in resource_spans.get("scopeSpans", []):
+            for span in scope_spans.get("spans", []):
+                _b64_to_hex(span, ("traceId", "spanId", "parentSpanId"))
+                for link in span.get("links", []):
+                    _b64_to_hex(link, ("traceId", "spanId"))
+    return doc
+
+
 def response_json(rejected: int, message: str) -> bytes:
     """An ExportTraceServiceResponse in OTLP/JSON; partialSuccess only when something was rejected."""
     if not rejected and not message:

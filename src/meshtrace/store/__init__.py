@@ -58,14 +58,17 @@ class StoreSize:
 class Store:
     """One engine, its schema, and the reader and writer over it."""
 
-    def __init__(self, engine: Engine, schema: Schema, writer: Writer, reader: ClickHouseReader) -> None:
+    def __init__(self, engine: Engine, schema: Schema, writer: Writer, *, owns_engine: bool = True) -> None:
         self.engine = engine
         self.schema = schema
         self.writer = writer
-        self.reader = reader
+        self.reader = ClickHouseReader(engine, schema)
+        self._owns_engine = owns_engine
 
     @classmethod
-    def open(cls, options: StoreOptions, on_commit: Callable[[list[Record], float], None] | None = None) -> Store:
+    def open(
+        cls, options: StoreOptions, on_commit: Callable[[list[Record], float], None] | None = None
+    ) -> Store:
         """Connect, create or update the schema; raises ``StoreError`` or ``ConfigError``."""
         if options.url:
             address = parse_server_url(options.url)
@@ -75,10 +78,23 @@ class Store:
             engine = ChdbEngine(os.path.join(options.data_dir, "clickhouse"))
             schema = Schema(retention_s=options.retention_s, embedded=True)
         try:
-            apply_schema(engine, schema)
+            return cls.create(engine, schema, options, on_commit)
         except Exception:
             engine.close()
             raise
+
+    @classmethod
+    def create(
+        cls,
+        engine: Engine,
+        schema: Schema,
+        options: StoreOptions,
+        on_commit: Callable[[list[Record], float], None] | None = None,
+        *,
+        owns_engine: bool = True,
+    ) -> Store:
+        """A store on an engine that is already open (tests share one engine across databases)."""
+        apply_schema(engine, schema)
         wal = None
         if options.wal:
             wal = WriteAheadLog(os.path.join(options.data_dir, "wal"), fsync=options.wal_fsync)
@@ -91,14 +107,15 @@ class Store:
             max_pending_bytes=options.max_pending_bytes,
             on_commit=on_commit,
         )
-        return cls(engine, schema, writer, ClickHouseReader(engine, schema))
+        return cls(engine, schema, writer, owns_engine=owns_engine)
 
     async def start(self) -> Recovery:
         return await self.writer.start()
 
     async def close(self) -> None:
         await self.writer.close()
-        self.engine.close()
+        if self._owns_engine:
+            self.engine.close()
 
     def size(self) -> StoreSize:
         rows = self.engine.query(

@@ -159,7 +159,7 @@ class Writer:
     # -- the SpanWriter protocol ------------------------------------------------------------------
 
     async def write(self, batch: SpanBatch) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()  # wake-ups go to the loop the waiters live on
         size = len(batch.payload)
         with self._cond:
             if self._stopping:
@@ -200,7 +200,8 @@ class Writer:
         target = self._appended_seq
         if target <= self._committed_seq:
             return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = self._loop.create_future()
         heapq.heappush(self._committed_waiters, (target, next(self._tiebreak), future))
         self._wake_committed(self._committed_seq)
         await future

@@ -1,0 +1,290 @@
+"""The storage contract suite: one set of tests every store connection mode must pass.
+
+A connection mode subclasses ``StoreContract`` and provides a ``store`` fixture: a started ``Store`` with
+an empty database. The suite writes the fixtures (``fixtures/traces/*.json``: Bookinfo traces as Istio's
+proxies emit them, plus OTLP features Envoy never sends) under two tenants, then checks every span
+against a reference conversion written here in plain Python, independent of the store's SQL, and runs
+``fixtures/queries.json`` (searches with their expected traces, newest first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import math
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+from meshtrace.model.otlp_json import parse_otlp_json
+from meshtrace.model.spans import DependencyLink, Event, Link, Operation, Span, SpanKind, StatusCode, Trace
+from meshtrace.query.adjusters import sort_spans
+from meshtrace.store import Store
+from meshtrace.store.api import SpanBatch, TimeRange, TraceQuery
+
+FIXTURE_EPOCH_NS = 1_700_000_000_000_000_000
+MS = 1_000_000
+TENANT = "contract-a"
+OTHER_TENANT = "contract-b"
+# Written for OTHER_TENANT too, so isolation is tested against data that exists under both.
+SHARED = ("bookinfo_v1", "rich_span")
+
+_KINDS = list(SpanKind)
+_STATUS = [StatusCode.UNSET, StatusCode.OK, StatusCode.ERROR]
+
+
+@dataclass(slots=True)
+class Fixture:
+    name: str
+    request: ExportTraceServiceRequest
+    trace_id: str
+
+    @property
+    def span_count(self) -> int:
+        return sum(len(ss.spans) for rs in self.request.resource_spans for ss in rs.scope_spans)
+
+
+def _fixture_dir() -> Any:
+    return resources.files("meshtrace.testing").joinpath("fixtures")
+
+
+def load_fixtures(shift_ns: int) -> dict[str, Fixture]:
+    """Every fixture with its times moved by ``shift_ns``."""
+    fixtures = {}
+    for entry in sorted(_fixture_dir().joinpath("traces").iterdir(), key=lambda p: p.name):
+        if not entry.name.endswith(".json"):
+            continue
+        request = parse_otlp_json(entry.read_bytes())
+        for rs in request.resource_spans:
+            for ss in rs.scope_spans:
+                for span in ss.spans:
+                    span.start_time_unix_nano += shift_ns
+                    span.end_time_unix_nano += shift_ns
+                    for event in span.events:
+                        event.time_unix_nano += shift_ns
+        first = request.resource_spans[0].scope_spans[0].spans[0]
+        fixtures[entry.name.removesuffix(".json")] = Fixture(entry.name.removesuffix(".json"), request, first.trace_id.hex())
+    return fixtures
+
+
+def load_queries() -> list[dict[str, Any]]:
+    return json.loads(_fixture_dir().joinpath("queries.json").read_text())
+
+
+# -- the reference conversion: OTLP → what the store must return ----------------------------------
+
+
+def _double_text(value: float) -> str:
+    if math.isfinite(value) and value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+def _json_leaf(value: AnyValue) -> str:
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        return json.dumps(value.string_value, ensure_ascii=False)
+    if kind == "bytes_value":
+        return json.dumps(base64.b64encode(value.bytes_value).decode())
+    if kind in ("array_value", "kvlist_value", None):
+        return "null"
+    return any_value_text(value)
+
+
+def any_value_text(value: AnyValue) -> str:
+    """An attribute value as text, the way the Collector's ``pcommon.Value.AsString`` renders it."""
+    kind = value.WhichOneof("value")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return "true" if value.bool_value else "false"
+    if kind == "int_value":
+        return str(value.int_value)
+    if kind == "double_value":
+        return _double_text(value.double_value)
+    if kind == "bytes_value":
+        return base64.b64encode(value.bytes_value).decode()
+    if kind == "array_value":
+        return "[" + ",".join(_json_leaf(v) for v in value.array_value.values) + "]"
+    if kind == "kvlist_value":
+        items = sorted(value.kvlist_value.values, key=lambda kv: kv.key)
+        return "{" + ",".join(f"{json.dumps(kv.key)}:{_json_leaf(kv.value)}" for kv in items) + "}"
+    return ""
+
+
+def _attrs(items: Any) -> dict[str, str]:
+    return {kv.key: any_value_text(kv.value) for kv in items}
+
+
+def reference_spans(request: ExportTraceServiceRequest) -> list[Span]:
+    spans = []
+    for rs in request.resource_spans:
+        resource = _attrs(rs.resource.attributes)
+        service = resource.get("service.name") or "unknown_service"
+        for ss in rs.scope_spans:
+            for s in ss.spans:
+                spans.append(
+                    Span(
+                        trace_id=s.trace_id.hex(),
+                        span_id=s.span_id.hex(),
+                        parent_span_id=s.parent_span_id.hex() if s.parent_span_id.strip(b"\0") else "",
+                        name=s.name,
+                        kind=_KINDS[s.kind],
+                        service=service,
+                        start_ns=s.start_time_unix_nano,
+                        duration_ns=s.end_time_unix_nano - s.start_time_unix_nano,
+                        status_code=_STATUS[s.status.code],
+                        status_message=s.status.message,
+                        trace_state=s.trace_state,
+                        attributes=_attrs(s.attributes),
+                        resource=resource,
+                        scope_name=ss.scope.name,
+                        scope_version=ss.scope.version,
+                        events=[Event(e.time_unix_nano, e.name, _attrs(e.attributes)) for e in s.events],
+                        links=[
+                            Link(link.trace_id.hex(), link.span_id.hex(), link.trace_state, _attrs(link.attributes))
+                            for link in s.links
+                        ],
+                    )
+                )
+    return sort_spans(Trace(spans[0].trace_id, spans)).spans
+
+
+def reference_dependencies(fixtures: list[Fixture]) -> list[DependencyLink]:
+    """Jaeger's rule: a span whose parent is in another service is one call parent → child."""
+    counts: dict[tuple[str, str], int] = {}
+    for fixture in fixtures:
+        spans = reference_spans(fixture.request)
+        by_id = {s.span_id: s for s in spans}
+        for span in spans:
+            parent = by_id.get(span.parent_span_id)
+            if parent is not None and parent.service != span.service:
+                key = (parent.service, span.service)
+                counts[key] = counts.get(key, 0) + 1
+    return [DependencyLink(p, c, n) for (p, c), n in sorted(counts.items())]
+
+
+# -- the suite -------------------------------------------------------------------------------------
+
+
+class StoreContract:
+    """Subclass and provide a ``store`` fixture (class scope) returning a started, empty ``Store``."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def loaded(cls, store: Store) -> dict[str, Fixture]:
+        now = time.time_ns()
+        shift = (now - 30 * 60 * 1_000_000_000) - FIXTURE_EPOCH_NS
+        fixtures = load_fixtures(shift)
+
+        async def write_all() -> None:
+            for fixture in fixtures.values():
+                payload = fixture.request.SerializeToString()
+                await store.writer.write(SpanBatch(TENANT, payload, fixture.span_count))
+                if fixture.name in SHARED:
+                    await store.writer.write(SpanBatch(OTHER_TENANT, payload, fixture.span_count))
+            await store.writer.sync()
+
+        asyncio.run(write_all())
+        return fixtures
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def window(cls, loaded: dict[str, Fixture]) -> TimeRange:
+        now = time.time_ns()
+        return TimeRange(now - 2 * 3600 * 1_000_000_000, now + 60 * 1_000_000_000)
+
+    # every span, field by field
+
+    def test_get_trace_returns_every_span_as_sent(self, store: Store, loaded: dict[str, Fixture]) -> None:
+        for fixture in loaded.values():
+            trace = store.reader.get_trace(TENANT, fixture.trace_id)
+            assert trace is not None, fixture.name
+            assert sort_spans(trace).spans == reference_spans(fixture.request), fixture.name
+
+    def test_get_trace_within_time_range(self, store: Store, loaded: dict[str, Fixture], window: TimeRange) -> None:
+        fixture = loaded["bookinfo_v2"]
+        trace = store.reader.get_trace(TENANT, fixture.trace_id, window)
+        assert trace is not None and len(trace.spans) == fixture.span_count
+        before = TimeRange(window.start_ns - 3600 * 10**9, window.start_ns)
+        assert store.reader.get_trace(TENANT, fixture.trace_id, before) is None
+
+    def test_missing_trace_is_none(self, store: Store, loaded: dict[str, Fixture]) -> None:
+        assert store.reader.get_trace(TENANT, "0123456789abcdef0123456789abcdef") is None
+
+    def test_attribute_values_render_like_the_collector(self, store: Store, loaded: dict[str, Fixture]) -> None:
+        trace = store.reader.get_trace(TENANT, loaded["rich_span"].trace_id)
+        assert trace is not None
+        root = trace.root
+        assert root.attributes["http.response.status_code"] == "500"
+        assert root.attributes["retry"] == "true"
+        assert root.attributes["ratio"] == "0.25"
+        assert root.attributes["blob"] == "3q2+7w=="
+        assert root.attributes["tags"] == '["a",2,true]'
+        assert root.attributes["ctx"] == '{"a":"x\\"y","z":false}'
+        assert root.resource["host.cpus"] == "8"
+
+    # tenants
+
+    def test_tenants_never_see_each_other(self, store: Store, loaded: dict[str, Fixture], window: TimeRange) -> None:
+        only_a = loaded["bookinfo_v2"].trace_id
+        assert store.reader.get_trace(TENANT, only_a) is not None
+        assert store.reader.get_trace(OTHER_TENANT, only_a) is None
+        assert store.reader.get_trace("nobody", loaded["bookinfo_v1"].trace_id) is None
+        other = store.reader.find_traces(TraceQuery(OTHER_TENANT, window, service="reviews.default", limit=100))
+        assert [t.trace_id for t in other] == [loaded["bookinfo_v1"].trace_id]
+        assert "ratings.default" not in store.reader.get_services(OTHER_TENANT)
+        assert store.reader.get_services("nobody") == []
+        assert store.reader.get_dependencies("nobody", window) == []
+
+    # services, operations, dependencies
+
+    def test_services(self, store: Store, loaded: dict[str, Fixture]) -> None:
+        expected = sorted({s.service for f in loaded.values() for s in reference_spans(f.request)})
+        assert store.reader.get_services(TENANT) == expected
+
+    def test_operations(self, store: Store, loaded: dict[str, Fixture]) -> None:
+        spans = [s for f in loaded.values() for s in reference_spans(f.request)]
+        for service in {s.service for s in spans}:
+            expected = sorted({(s.name, s.kind.value) for s in spans if s.service == service})
+            got = store.reader.get_operations(TENANT, service)
+            assert [(o.name, o.kind.value) for o in got] == expected, service
+        servers = store.reader.get_operations(TENANT, "reviews.default", SpanKind.SERVER)
+        assert servers == [Operation("reviews.default.svc.cluster.local:9080/*", SpanKind.SERVER)]
+
+    def test_dependencies(self, store: Store, loaded: dict[str, Fixture], window: TimeRange) -> None:
+        assert store.reader.get_dependencies(TENANT, window) == reference_dependencies(list(loaded.values()))
+
+    # searches
+
+    def test_queries(self, store: Store, loaded: dict[str, Fixture], window: TimeRange) -> None:
+        for case in load_queries():
+            q = case["query"]
+            query = TraceQuery(
+                tenant=TENANT,
+                time=window,
+                service=q.get("service"),
+                operation=q.get("operation"),
+                span_kind=SpanKind.parse(q["kind"]) if "kind" in q else None,
+                attributes=q.get("attributes", {}),
+                min_duration_ns=q["min_duration_ms"] * MS if "min_duration_ms" in q else None,
+                max_duration_ns=q["max_duration_ms"] * MS if "max_duration_ms" in q else None,
+                status=StatusCode.parse(q["status"]) if "status" in q else None,
+                limit=q.get("limit", 100),
+            )
+            expected = [loaded[name].trace_id for name in case["expected"]]
+            found = store.reader.find_traces(query)
+            assert [t.trace_id for t in found] == expected, case["name"]
+            for trace in found:
+                assert len(trace.spans) == next(f for f in loaded.values() if f.trace_id == trace.trace_id).span_count
+            ids = [s.trace_id for s in store.reader.find_trace_ids(query)]
+            assert ids == expected, case["name"]
+
+
+__all__ = ["FIXTURE_EPOCH_NS", "Fixture", "StoreContract", "any_value_text", "load_fixtures", "reference_spans"]
