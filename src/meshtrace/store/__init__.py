@@ -66,9 +66,7 @@ class Store:
         self._owns_engine = owns_engine
 
     @classmethod
-    def open(
-        cls, options: StoreOptions, on_commit: Callable[[list[Record], float], None] | None = None
-    ) -> Store:
+    def open(cls, options: StoreOptions, on_commit: Callable[[list[Record], float], None] | None = None) -> Store:
         """Connect, create or update the schema; raises ``StoreError`` or ``ConfigError``."""
         if options.url:
             address = parse_server_url(options.url)

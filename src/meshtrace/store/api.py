@@ -108,3 +108,7 @@ class TraceReader(Protocol):
     def get_dependencies(self, tenant: str, time: TimeRange) -> list[DependencyLink]:
         """Calls between services in the window: parent service → child service, with counts."""
         ...
+
+    def count(self, tenant: str, time: TimeRange | None = None) -> tuple[int, int]:
+        """Spans and distinct traces of a tenant (in a window, or all retained)."""
+        ...

@@ -68,6 +68,7 @@ class WriteAheadLog:
         self.committed = 0
         self._inflight: dict[int, int] = {}  # first -> last of inserts running now
         self._outstanding: set[int] = set()  # taken for insertion, not yet committed
+        self._highest_done = 0
         self._lock = threading.Lock()
         self._next_seq = 1
         self._fd = -1
@@ -270,7 +271,8 @@ class WriteAheadLog:
             if self._inflight.get(first) == last:
                 del self._inflight[first]
             self._outstanding.difference_update(range(first, last + 1))
-            watermark = min(self._outstanding) - 1 if self._outstanding else last
+            self._highest_done = max(self._highest_done, last)
+            watermark = min(self._outstanding) - 1 if self._outstanding else self._highest_done
             self.committed = max(self.committed, watermark)
             self._write_checkpoint()
             while len(self._segments) > 1 and self._segments[1] - 1 <= self.committed:

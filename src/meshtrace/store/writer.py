@@ -137,12 +137,12 @@ class Writer:
             self._unsaved_bytes += sum(len(r.payload) for b in (*recovery.inflight, recovery.pending) for r in b)
         for batch in recovery.inflight:
             self._insert(batch, retry_forever=True)
-        pending = recovery.pending
+        pending = deque(recovery.pending)  # the recovery is reported to the caller as found
         while pending:
             batch, spans = [], 0
             while pending and (not batch or spans + pending[0].span_count <= self.flush_spans):
                 spans += pending[0].span_count
-                batch.append(pending.pop(0))
+                batch.append(pending.popleft())
             self._insert(batch, retry_forever=True)
 
     async def close(self) -> None:
@@ -364,12 +364,18 @@ class Writer:
         self.stats.last_error = str(exc)
         log.warning("insert of %d spans failed: %s", sum(r.span_count for r in batch), exc)
 
-    def _insert_once(self, batch: list[Record]) -> None:
-        first, last = batch[0].seq, batch[-1].seq
+    def settings_for(self, first: int, last: int) -> dict[str, str | int]:
+        """Insert settings of the batch ``first..last`` (its deduplication token included)."""
         settings = dict(self._settings)
         if self.wal is not None:
-            self.wal.mark_inflight(first, last)
             settings["insert_deduplication_token"] = self.wal.token(first, last)
+        return settings
+
+    def _insert_once(self, batch: list[Record]) -> None:
+        first, last = batch[0].seq, batch[-1].seq
+        settings = self.settings_for(first, last)
+        if self.wal is not None:
+            self.wal.mark_inflight(first, last)
         started = time.perf_counter()
         try:
             self.engine.insert(self.schema.otlp_in, encode_rows(batch), "Protobuf", settings)

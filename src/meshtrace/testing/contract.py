@@ -69,7 +69,9 @@ def load_fixtures(shift_ns: int) -> dict[str, Fixture]:
                     for event in span.events:
                         event.time_unix_nano += shift_ns
         first = request.resource_spans[0].scope_spans[0].spans[0]
-        fixtures[entry.name.removesuffix(".json")] = Fixture(entry.name.removesuffix(".json"), request, first.trace_id.hex())
+        fixtures[entry.name.removesuffix(".json")] = Fixture(
+            entry.name.removesuffix(".json"), request, first.trace_id.hex()
+        )
     return fixtures
 
 
