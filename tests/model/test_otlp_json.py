@@ -26,10 +26,12 @@ def body(**span: object) -> bytes:
 def test_hex_ids_enum_numbers_and_string_int64():
     request = parse_otlp_json(body(parentSpanId="0020000000000001", links=[{"traceId": TRACE, "spanId": SPAN}]))
     span = request.resource_spans[0].scope_spans[0].spans[0]
-    assert span.trace_id.hex() == TRACE and span.span_id.hex() == SPAN
+    assert span.trace_id.hex() == TRACE
+    assert span.span_id.hex() == SPAN
     assert span.parent_span_id.hex() == "0020000000000001"
     assert span.links[0].trace_id.hex() == TRACE
-    assert span.kind == 2 and span.start_time_unix_nano == 1_700_000_000_000_000_000
+    assert span.kind == 2
+    assert span.start_time_unix_nano == 1_700_000_000_000_000_000
 
 
 def test_enum_names_snake_case_fields_and_unknown_fields_are_accepted():
@@ -59,7 +61,8 @@ def test_enum_names_snake_case_fields_and_unknown_fields_are_accepted():
         )
     )
     span = request.resource_spans[0].scope_spans[0].spans[0]
-    assert span.kind == 3 and span.trace_id.hex() == TRACE
+    assert span.kind == 3
+    assert span.trace_id.hex() == TRACE
 
 
 def test_a_bad_hex_id_rejects_only_that_span():

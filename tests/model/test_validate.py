@@ -46,7 +46,8 @@ def test_each_invalid_span_is_rejected_alone(fields, reason):
     result = validate(request)
     assert (result.accepted, result.rejected) == (2, 1)
     assert dict(result.reasons) == {reason: 1}
-    assert "rejected 1 of 3 spans" in result.message and "name='bad'" in result.message
+    assert "rejected 1 of 3 spans" in result.message
+    assert "name='bad'" in result.message
     kept = parse_request(result.payload)
     assert [s.name for s in kept.resource_spans[0].scope_spans[0].spans] == ["good-1", "good-2"]
 
@@ -54,7 +55,8 @@ def test_each_invalid_span_is_rejected_alone(fields, reason):
 def test_all_invalid_leaves_nothing_to_store():
     result = validate(request_with({"trace_id": b"x"}, {"span_id": b""}))
     assert (result.accepted, result.rejected, result.payload) == (0, 2, b"")
-    assert "invalid_trace_id" in result.reasons and "invalid_span_id" in result.reasons
+    assert "invalid_trace_id" in result.reasons
+    assert "invalid_span_id" in result.reasons
 
 
 def test_end_equal_to_start_is_valid():

@@ -27,15 +27,18 @@ def test_istio_zipkin_span_becomes_otlp():
     resource_spans = request.resource_spans[0]
     assert resource_spans.resource.attributes[0].value.string_value == "productpage.default"
     span = resource_spans.scope_spans[0].spans[0]
-    assert span.trace_id.hex() == ISTIO_SPAN["traceId"] and span.span_id.hex() == ISTIO_SPAN["id"]
+    assert span.trace_id.hex() == ISTIO_SPAN["traceId"]
+    assert span.span_id.hex() == ISTIO_SPAN["id"]
     assert span.parent_span_id.hex() == "0020000000000001"
     assert span.kind == 3
     assert span.start_time_unix_nano == 1_700_000_000_123_456_000
     assert span.end_time_unix_nano - span.start_time_unix_nano == 20_500_000
     assert span.status.code == 2
     attrs = {kv.key: kv.value.string_value for kv in span.attributes}
-    assert attrs["response_flags"] == "UF" and attrs["peer.service"] == "reviews"
-    assert attrs["net.peer.ip"] == "10.96.7.3" and attrs["net.peer.port"] == "9080"
+    assert attrs["response_flags"] == "UF"
+    assert attrs["peer.service"] == "reviews"
+    assert attrs["net.peer.ip"] == "10.96.7.3"
+    assert attrs["net.peer.port"] == "9080"
     assert attrs["net.host.ip"] == "10.244.0.12"
     assert [(e.name, e.time_unix_nano) for e in span.events] == [("retry", 1_700_000_000_130_000_000)]
 

@@ -12,7 +12,8 @@ def reopen(directory, **kwargs):
 
 def test_records_survive_reopen_until_committed(tmp_path):
     wal, recovery = reopen(tmp_path)
-    assert recovery.pending == [] and recovery.inflight == []
+    assert recovery.pending == []
+    assert recovery.inflight == []
     seqs = [wal.append("acme", 3, b"payload-%d" % i) for i in range(5)]
     assert seqs == [1, 2, 3, 4, 5]
     wal.begin(1, 2)

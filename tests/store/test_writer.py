@@ -116,7 +116,8 @@ def test_a_record_the_engine_refuses_is_set_aside_and_the_rest_lands(chdb_engine
         assert store.reader.count("acme") == (18, 2)
         assert store.writer.stats.set_aside_spans == 1
         kept = list((tmp_path / "wal" / "set-aside").iterdir())
-        assert len(kept) == 1 and kept[0].read_bytes() == b"\x0a\x05not-a-protobuf-message"
+        assert len(kept) == 1
+        assert kept[0].read_bytes() == b"\x0a\x05not-a-protobuf-message"
         await store.close()
 
     asyncio.run(go())

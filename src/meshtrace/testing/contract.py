@@ -213,7 +213,8 @@ class StoreContract:
     def test_get_trace_within_time_range(self, store: Store, loaded: dict[str, Fixture], window: TimeRange) -> None:
         fixture = loaded["bookinfo_v2"]
         trace = store.reader.get_trace(TENANT, fixture.trace_id, window)
-        assert trace is not None and len(trace.spans) == fixture.span_count
+        assert trace is not None
+        assert len(trace.spans) == fixture.span_count
         before = TimeRange(window.start_ns - 3600 * 10**9, window.start_ns)
         assert store.reader.get_trace(TENANT, fixture.trace_id, before) is None
 
