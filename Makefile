@@ -16,8 +16,8 @@ run: $(STAMP)
 	$(BIN)/meshtrace serve
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
 
 test: lint
 	$(BIN)/python -m pytest

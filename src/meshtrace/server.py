@@ -102,8 +102,8 @@ class Backend:
         writer = self.store.writer
         if not writer.healthy:
             problems.append(f"store writes failing: {writer.stats.last_error or 'write-ahead log broken'}")
-        if writer.pending_bytes > 0.9 * writer.max_pending_bytes:
-            problems.append("ingest queue nearly full")
+        if writer.refusing():
+            problems.append("ingest queue full: refusing writes until the store catches up")
         return problems
 
     async def start(self) -> Endpoints:
@@ -125,7 +125,7 @@ class Backend:
             lambda: writer.pending_spans,
         )
 
-        ingest = IngestService(writer, self.metrics)
+        ingest = IngestService(writer, self.metrics, retention_ns=config.retention_s * 1_000_000_000)
         socks = {
             "otlp_http": _bind(config.address("otlp_http"), "otlp_http"),
             "http": _bind(config.address("http"), "http"),

@@ -59,6 +59,11 @@ def test_all_invalid_leaves_nothing_to_store():
     assert "invalid_span_id" in result.reasons
 
 
+def test_spans_older_than_retention_are_refused():
+    result = validate(request_with({"start": 10, "end": 20}, {"start": 5_000, "end": 6_000}), min_start_ns=1_000)
+    assert (result.accepted, result.rejected, dict(result.reasons)) == (1, 1, {"too_old": 1})
+
+
 def test_end_equal_to_start_is_valid():
     assert validate(request_with({"start": 7, "end": 7})).accepted == 1
 

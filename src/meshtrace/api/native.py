@@ -9,6 +9,7 @@ integers do not survive JavaScript numbers), attributes as objects of strings.
 - ``GET /meshtrace/v1/traces?service=&operation=&kind=&attr=k=v&status=&minDuration=&maxDuration=
   &start=&end=&lookback=&limit=`` → ``{"traces": [summary, ...]}``, newest first
 - ``GET /meshtrace/v1/dependencies?start=&end=&lookback=`` → ``{"links": [{"parent", "child", "callCount"}]}``
+- ``GET /meshtrace/v1/stats[?start=&end=|lookback=]`` → ``{"spans", "traces"}`` stored for the caller's tenant
 
 ``start``/``end``: nanoseconds since the epoch or RFC 3339; ``lookback``: a duration (default 1h).
 """
@@ -170,3 +171,12 @@ async def dependencies(
 ) -> JSONResponse:
     links = await _query(request).get_dependencies(tenant, _time(start, end, lookback))
     return JSONResponse({"links": [{"parent": d.parent, "child": d.child, "callCount": d.call_count} for d in links]})
+
+
+@router.get("/stats")
+async def stats(
+    request: Request, tenant: Tenant, start: str | None = None, end: str | None = None, lookback: str | None = None
+) -> JSONResponse:
+    time = _time(start, end, lookback) if (start or end or lookback) else None
+    spans, traces = await _query(request).count(tenant, time)
+    return JSONResponse({"tenant": tenant, "spans": spans, "traces": traces})

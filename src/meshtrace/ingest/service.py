@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -42,17 +43,21 @@ def response_protobuf(result: ExportResult) -> bytes:
 
 
 class IngestService:
-    def __init__(self, writer: SpanWriter, metrics: Metrics) -> None:
+    def __init__(self, writer: SpanWriter, metrics: Metrics, *, retention_ns: int | None = None) -> None:
         self.writer = writer
         self.metrics = metrics
+        self.retention_ns = retention_ns
+
+    def _min_start_ns(self) -> int:
+        return time.time_ns() - self.retention_ns if self.retention_ns else 0
 
     async def export_bytes(self, tenant: str, raw: bytes, transport: str) -> ExportResult:
         """A binary OTLP ExportTraceServiceRequest (gRPC, OTLP/HTTP protobuf)."""
-        return await self._store(tenant, validate_bytes(raw), transport)
+        return await self._store(tenant, validate_bytes(raw, min_start_ns=self._min_start_ns()), transport)
 
     async def export_message(self, tenant: str, request: ExportTraceServiceRequest, transport: str) -> ExportResult:
         """A request decoded from OTLP/JSON or converted from Zipkin."""
-        return await self._store(tenant, validate(request), transport)
+        return await self._store(tenant, validate(request, min_start_ns=self._min_start_ns()), transport)
 
     async def _store(self, tenant: str, checked: Validated, transport: str) -> ExportResult:
         received = checked.accepted + checked.rejected

@@ -26,6 +26,7 @@ REASONS: dict[str, str] = {
     "invalid_parent_span_id": "parent_span_id must be empty or 8 bytes",
     "missing_start_time": "start_time_unix_nano is missing",
     "end_before_start": "end_time_unix_nano is before start_time_unix_nano",
+    "too_old": "start_time_unix_nano is older than the retention period (the store would drop it at once)",
 }
 
 
@@ -61,7 +62,7 @@ def parse_request(raw: bytes) -> ExportTraceServiceRequest:
     return request
 
 
-def _span_problem(span: object) -> str | None:
+def _span_problem(span: object, min_start_ns: int) -> str | None:
     trace_id = span.trace_id  # type: ignore[attr-defined]
     if len(trace_id) != 16 or trace_id == _ZERO_TRACE:
         return "invalid_trace_id"
@@ -75,17 +76,22 @@ def _span_problem(span: object) -> str | None:
         return "missing_start_time"
     if span.end_time_unix_nano < start:  # type: ignore[attr-defined]
         return "end_before_start"
+    if start < min_start_ns:
+        return "too_old"
     return None
 
 
-def validate(request: ExportTraceServiceRequest, raw: bytes | None = None) -> Validated:
-    """Check every span; remove the invalid ones. ``raw`` is reused as the payload when nothing is removed."""
+def validate(request: ExportTraceServiceRequest, raw: bytes | None = None, *, min_start_ns: int = 0) -> Validated:
+    """Check every span; remove the invalid ones. ``raw`` is reused as the payload when nothing is removed.
+
+    ``min_start_ns``: spans starting earlier are refused (they are outside the retention period).
+    """
     accepted = 0
     bad: list[tuple[int, int, int, str]] = []
     for ri, resource_spans in enumerate(request.resource_spans):
         for si, scope_spans in enumerate(resource_spans.scope_spans):
             for pi, span in enumerate(scope_spans.spans):
-                problem = _span_problem(span)
+                problem = _span_problem(span, min_start_ns)
                 if problem is None:
                     accepted += 1
                 else:
@@ -113,6 +119,6 @@ def validate(request: ExportTraceServiceRequest, raw: bytes | None = None) -> Va
     return result
 
 
-def validate_bytes(raw: bytes) -> Validated:
+def validate_bytes(raw: bytes, *, min_start_ns: int = 0) -> Validated:
     """Parse and validate a binary request (the gRPC and OTLP/HTTP protobuf paths)."""
-    return validate(parse_request(raw), raw)
+    return validate(parse_request(raw), raw, min_start_ns=min_start_ns)

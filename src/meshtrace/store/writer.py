@@ -111,6 +111,7 @@ class Writer:
         self._committed_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._tiebreak = itertools.count()
         self._rate = 0.0  # spans/s over recent inserts, for Retry-After
+        self.last_refused = 0.0  # monotonic time of the last write refused as Overloaded
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -165,6 +166,7 @@ class Writer:
             if self._stopping:
                 raise Overloaded("the backend is shutting down", retry_after=5)
             if self._unsaved_bytes and self._unsaved_bytes + size > self.max_pending_bytes:
+                self.last_refused = time.monotonic()
                 raise Overloaded(
                     f"the store is behind by {self._unsaved_bytes >> 20} MiB of spans; retry later",
                     retry_after=self._retry_after(),
@@ -215,6 +217,10 @@ class Writer:
     @property
     def pending_spans(self) -> int:
         return self._pending_spans
+
+    def refusing(self, within: float = 5.0) -> bool:
+        """Whether a write was refused for lack of room in the last ``within`` seconds."""
+        return bool(self.last_refused) and time.monotonic() - self.last_refused < within
 
     @property
     def healthy(self) -> bool:
