@@ -132,6 +132,10 @@ def serve(
             envvar="MESHTRACE_MAX_PENDING",
         ),
     ] = "256MiB",
+    writers: Annotated[
+        int,
+        typer.Option(help="Concurrent inserts into ClickHouse (one insert uses one core).", envvar="MESHTRACE_WRITERS"),
+    ] = 2,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.", envvar="MESHTRACE_LOG_LEVEL")] = "info",
     config: Annotated[
         str | None,
@@ -164,6 +168,7 @@ def serve(
         "flush_interval": flush_interval,
         "flush_spans": flush_spans,
         "max_pending": max_pending,
+        "writers": writers,
         "log_level": log_level,
     }
     overrides: dict[str, tuple[Any, str]] = {}

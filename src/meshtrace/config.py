@@ -71,6 +71,7 @@ class ServeConfig(BaseModel):
     flush_interval: str = "200ms"
     flush_spans: int = Field(default=10_000, ge=1, le=1_000_000)
     max_pending: str = "256MiB"
+    writers: int = Field(default=2, ge=1, le=16)
     log_level: str = "info"
 
     @field_validator("grpc", "otlp_http", "http")
@@ -134,6 +135,7 @@ class ServeConfig(BaseModel):
             flush_interval=parse_duration_ns(self.flush_interval) / 1e9,
             flush_spans=self.flush_spans,
             max_pending_bytes=parse_size(self.max_pending),
+            inserters=self.writers,
         )
 
 

@@ -22,14 +22,14 @@ import uvicorn
 
 from meshtrace.api.app import create_app
 from meshtrace.config import Address, ServeConfig
-from meshtrace.errors import ConfigError
+from meshtrace.errors import ConfigError, StoreError
 from meshtrace.ingest.auth import TokenAuth
 from meshtrace.ingest.grpc_server import TraceServiceHandler, create_server
 from meshtrace.ingest.http_app import OtlpHttpApp
 from meshtrace.ingest.service import IngestService
 from meshtrace.metrics import Metrics
 from meshtrace.query.service import QueryService
-from meshtrace.store import Store
+from meshtrace.store import Store, StoreSize
 from meshtrace.store.wal import Record
 
 log = logging.getLogger("meshtrace")
@@ -40,6 +40,24 @@ class Endpoints:
     grpc: str
     otlp_http: str
     http: str
+
+
+class _CachedSize:
+    """The store's size, read at most every few seconds however often Prometheus scrapes."""
+
+    def __init__(self, store: Store, ttl: float = 5.0) -> None:
+        self.store, self.ttl = store, ttl
+        self._value = StoreSize(0, 0, 0)
+        self._at = -ttl
+
+    def get(self) -> StoreSize:
+        if time.monotonic() - self._at >= self.ttl:
+            try:
+                self._value = self.store.size()
+            except StoreError as exc:
+                log.warning("cannot read the store size: %s", exc)
+            self._at = time.monotonic()
+        return self._value
 
 
 class _Uvicorn(uvicorn.Server):
@@ -124,6 +142,12 @@ class Backend:
             "Spans waiting for the next insert.",
             lambda: writer.pending_spans,
         )
+        size = _CachedSize(store)
+        self.metrics.gauge("meshtrace_store_spans", "Spans in the store (all tenants).", lambda: size.get().spans)
+        self.metrics.gauge(
+            "meshtrace_store_bytes", "Bytes on disk of the span table's active parts.", lambda: size.get().bytes_on_disk
+        )
+        self.metrics.gauge("meshtrace_store_parts", "Active parts of the span table.", lambda: size.get().parts)
 
         ingest = IngestService(writer, self.metrics, retention_ns=config.retention_s * 1_000_000_000)
         socks = {

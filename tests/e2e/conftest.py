@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import pytest
+
+from meshtrace.testing.server import ServerProcess as BaseServerProcess
+from meshtrace.testing.server import ServerStartError
 
 TOKENS = {"acme": "tok-acme", "beta": "tok-beta"}
 
@@ -30,96 +28,18 @@ def wait_until(check: Callable[[], Any], timeout: float = 15.0, interval: float 
         time.sleep(interval)
 
 
-class ServerProcess:
-    """One ``meshtrace serve`` process we started (and only ever signal by its PID)."""
-
-    def __init__(self, data_dir: Path, *args: str) -> None:
-        self.data_dir = data_dir
-        self.args = args
-        self.ready_file = data_dir / "ready.json"
-        self.log_path = data_dir / "server.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.addresses: dict[str, Any] = {}
-        self._clients: dict[str | None, httpx.Client] = {}
+class ServerProcess(BaseServerProcess):
+    """The package's server process, failing the test (with the server's log) when it cannot start."""
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.ready_file.unlink(missing_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process's lifetime
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "meshtrace",
-                "serve",
-                "--data",
-                str(self.data_dir),
-                "--grpc",
-                "127.0.0.1:0",
-                "--otlp-http",
-                "127.0.0.1:0",
-                "--http",
-                "127.0.0.1:0",
-                "--ready-file",
-                str(self.ready_file),
-                *self.args,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "COLUMNS": "200"},
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while not self.ready_file.exists():
-            if self.proc.poll() is not None:
-                pytest.fail(f"meshtrace serve exited with {self.proc.returncode}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                self.kill()
-                pytest.fail(f"meshtrace serve not ready after {timeout}s:\n{self.log()}")
-            time.sleep(0.05)
-        self.addresses = orjson.loads(self.ready_file.read_bytes())
+        try:
+            super().start(timeout)
+        except ServerStartError as exc:
+            pytest.fail(str(exc))
         return self
 
-    @property
-    def grpc(self) -> str:
-        return self.addresses["grpc"]
-
-    @property
-    def otlp_http(self) -> str:
-        return f"http://{self.addresses['otlp_http']}"
-
-    @property
-    def http(self) -> str:
-        return f"http://{self.addresses['http']}"
-
     def api(self, token: str | None = TOKENS["acme"]) -> httpx.Client:
-        """A query API client sending ``token`` (kept until the server stops)."""
-        client = self._clients.get(token)
-        if client is None or client.base_url != httpx.URL(self.http):
-            headers = {"Authentication": token} if token else {}
-            client = self._clients[token] = httpx.Client(base_url=self.http, headers=headers, timeout=30)
-        return client
-
-    def _close_clients(self) -> None:
-        for client in self._clients.values():
-            client.close()
-        self._clients.clear()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self, timeout: float = 60.0) -> int:
-        assert self.proc is not None
-        self._close_clients()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        self._close_clients()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(30)
+        return super().api(token)
 
 
 def token_args() -> list[str]:

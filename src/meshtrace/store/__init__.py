@@ -46,6 +46,7 @@ class StoreOptions:
     flush_interval: float = 0.2
     flush_spans: int = 10_000
     max_pending_bytes: int = 256 << 20
+    inserters: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +104,7 @@ class Store:
             flush_interval=options.flush_interval,
             flush_spans=options.flush_spans,
             max_pending_bytes=options.max_pending_bytes,
+            inserters=options.inserters,
             on_commit=on_commit,
         )
         return cls(engine, schema, writer, owns_engine=owns_engine)

@@ -79,6 +79,7 @@ class Writer:
         flush_interval: float = 0.2,
         flush_spans: int = 10_000,
         max_pending_bytes: int = 256 << 20,
+        inserters: int = 1,
         on_commit: Callable[[list[Record], float], None] | None = None,
     ) -> None:
         self.engine = engine
@@ -105,7 +106,9 @@ class Writer:
         self._appended_seq = 0
         self._seq = itertools.count(1)  # used when there is no log
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        # Without a log, acknowledgements follow commits one by one: keep commits in order.
+        self.inserters = max(1, inserters) if wal is not None else 1
+        self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._durable: list[tuple[int, int, asyncio.Future[None]]] = []
         self._committed_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
@@ -125,8 +128,14 @@ class Writer:
             if recovery.inflight or recovery.pending:
                 await asyncio.to_thread(self._replay, recovery)
             self._appended_seq = self._committed_seq = max(self._committed_seq, self.wal.committed)
-        self._thread = threading.Thread(target=self._insert_loop, name="meshtrace-inserter", daemon=True)
-        self._thread.start()
+        # One insert runs on one core; more inserter threads let ClickHouse use more (commits may then
+        # finish out of order, which the log's watermark allows for).
+        self._threads = [
+            threading.Thread(target=self._insert_loop, name=f"meshtrace-inserter-{i}", daemon=True)
+            for i in range(self.inserters)
+        ]
+        for thread in self._threads:
+            thread.start()
         return recovery
 
     def _replay(self, recovery: Recovery) -> None:
@@ -151,9 +160,9 @@ class Writer:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
+        for thread in self._threads:
+            await asyncio.to_thread(thread.join)
+        self._threads = []
         if self.wal is not None:
             await asyncio.to_thread(self.wal.close)
 
