@@ -94,9 +94,25 @@ def test_a_busy_port_is_a_configuration_error(tmp_path):
         busy.listen()
         port = busy.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "meshtrace", "serve", "--data", str(tmp_path), "--no-auth",
-             "--grpc", "127.0.0.1:0", "--otlp-http", f"127.0.0.1:{port}", "--http", "127.0.0.1:0"],
-            capture_output=True, text=True, timeout=120, env={"COLUMNS": "200", "PATH": ""},
+            [
+                sys.executable,
+                "-m",
+                "meshtrace",
+                "serve",
+                "--data",
+                str(tmp_path),
+                "--no-auth",
+                "--grpc",
+                "127.0.0.1:0",
+                "--otlp-http",
+                f"127.0.0.1:{port}",
+                "--http",
+                "127.0.0.1:0",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={"COLUMNS": "200", "PATH": ""},
         )
     assert result.returncode == 2, result.stderr
     assert f"cannot listen on 127.0.0.1:{port} for otlp_http" in result.stderr

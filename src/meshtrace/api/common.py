@@ -10,6 +10,7 @@ from fastapi.responses import Response
 
 from meshtrace.errors import InvalidQuery, MeshtraceError, StoreError, TraceNotFound, Unauthenticated
 from meshtrace.ingest.auth import TokenAuth
+from meshtrace.model.spans import SpanKind
 
 JAEGER_PREFIX = "/api/"
 
@@ -26,6 +27,14 @@ class JSONResponse(Response):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+
+
+def parse_kind(text: str) -> SpanKind:
+    """A span kind as the APIs take it (``server``, ``SPAN_KIND_SERVER``, ``Server``, ``2``)."""
+    try:
+        return SpanKind.parse(text)
+    except (KeyError, IndexError) as exc:
+        raise InvalidQuery(f"unknown span kind {text!r}") from exc
 
 
 def tenant_of(request: Request) -> str:

@@ -18,7 +18,7 @@ from meshtrace.query.params import parse_duration_ns, parse_int, parse_jaeger_ta
 from meshtrace.query.service import QueryService, window
 from meshtrace.store.api import TimeRange, TraceQuery
 
-from .common import JSONResponse, tenant_of
+from .common import JSONResponse, parse_kind, tenant_of
 
 router = APIRouter(prefix="/api", tags=["Jaeger-compatible"], default_response_class=JSONResponse)
 Tenant = Annotated[str, Depends(tenant_of)]
@@ -138,17 +138,10 @@ async def operations(
 ) -> JSONResponse:
     if not service:
         raise InvalidQuery("parameter 'service' is required")
-    kind = _kind(spanKind) if spanKind else None
+    kind = parse_kind(spanKind) if spanKind else None
     ops = await _query(request).get_operations(tenant, service, kind)
     data = [{"name": op.name, "spanKind": op.kind.value.lower()} for op in ops]
     return JSONResponse(envelope(data))
-
-
-def _kind(text: str) -> SpanKind:
-    try:
-        return SpanKind.parse(text)
-    except (KeyError, IndexError) as exc:
-        raise InvalidQuery(f"unknown span kind {text!r}") from exc
 
 
 @router.get("/traces/{trace_id}", summary="One trace by id")
@@ -208,7 +201,7 @@ async def find_traces(
         del attributes["error"]
         status = StatusCode.ERROR
     if "span.kind" in attributes:
-        kind = _kind(attributes.pop("span.kind"))
+        kind = parse_kind(attributes.pop("span.kind"))
     if "otel.status_code" in attributes:
         try:
             status = StatusCode.parse(attributes.pop("otel.status_code"))

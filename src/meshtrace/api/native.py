@@ -22,12 +22,12 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from meshtrace.errors import InvalidQuery
 from meshtrace.model.ids import normalize_trace_id
-from meshtrace.model.spans import Span, SpanKind, StatusCode, Trace
+from meshtrace.model.spans import Span, StatusCode, Trace
 from meshtrace.query.params import parse_duration_ns, parse_int, parse_time_ns
 from meshtrace.query.service import QueryService, window
 from meshtrace.store.api import TimeRange, TraceQuery
 
-from .common import JSONResponse, tenant_of
+from .common import JSONResponse, parse_kind, tenant_of
 
 router = APIRouter(prefix="/meshtrace/v1", tags=["native"], default_response_class=JSONResponse)
 Tenant = Annotated[str, Depends(tenant_of)]
@@ -100,16 +100,9 @@ async def services(request: Request, tenant: Tenant) -> JSONResponse:
 
 @router.get("/services/{service}/operations")
 async def operations(request: Request, service: str, tenant: Tenant, kind: str | None = None) -> JSONResponse:
-    span_kind = _kind(kind) if kind else None
+    span_kind = parse_kind(kind) if kind else None
     ops = await _query(request).get_operations(tenant, service, span_kind)
     return JSONResponse({"operations": [{"name": op.name, "kind": op.kind.value} for op in ops]})
-
-
-def _kind(text: str) -> SpanKind:
-    try:
-        return SpanKind.parse(text)
-    except (KeyError, IndexError) as exc:
-        raise InvalidQuery(f"unknown span kind {text!r}") from exc
 
 
 @router.get("/traces/{trace_id}")
@@ -150,7 +143,7 @@ async def search(
             time=_time(start, end, lookback),
             service=service or None,
             operation=operation or None,
-            span_kind=_kind(kind) if kind else None,
+            span_kind=parse_kind(kind) if kind else None,
             attributes=attributes,
             min_duration_ns=parse_duration_ns(minDuration, name="minDuration") if minDuration else None,
             max_duration_ns=parse_duration_ns(maxDuration, name="maxDuration") if maxDuration else None,

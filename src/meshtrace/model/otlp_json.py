@@ -47,12 +47,17 @@ def _children(obj: Any, *keys: str) -> list[Any]:
     return []
 
 
-def parse_otlp_json(body: bytes) -> ExportTraceServiceRequest:
-    """Decode an OTLP/JSON ExportTraceServiceRequest or raise MalformedRequest with the reason."""
+def load_json(body: bytes) -> Any:
+    """Parse a JSON request body or raise MalformedRequest saying where it breaks."""
     try:
-        doc = orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise MalformedRequest(f"body is not valid JSON: {exc}") from exc
+
+
+def parse_otlp_json(body: bytes) -> ExportTraceServiceRequest:
+    """Decode an OTLP/JSON ExportTraceServiceRequest or raise MalformedRequest with the reason."""
+    doc = load_json(body)
     if not isinstance(doc, dict):
         raise MalformedRequest("OTLP/JSON body must be an object with a 'resourceSpans' array")
     for resource_spans in _children(doc, "resourceSpans", "resource_spans"):

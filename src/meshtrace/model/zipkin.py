@@ -17,6 +17,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
 
 from meshtrace.errors import MalformedRequest
+from meshtrace.model.otlp_json import load_json
 
 _KINDS = {
     "CLIENT": Span.SPAN_KIND_CLIENT,
@@ -106,10 +107,7 @@ def _convert_span(doc: dict[str, Any], span: Span) -> None:
 
 def parse_zipkin_json(body: bytes) -> ExportTraceServiceRequest:
     """Decode a Zipkin v2 JSON span list into one OTLP request, or raise MalformedRequest."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise MalformedRequest(f"body is not valid JSON: {exc}") from exc
+    doc = load_json(body)
     if not isinstance(doc, list):
         raise MalformedRequest("Zipkin v2 body must be a JSON array of spans")
     request = ExportTraceServiceRequest()

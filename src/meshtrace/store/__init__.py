@@ -118,9 +118,10 @@ class Store:
             self.engine.close()
 
     def size(self) -> StoreSize:
+        """Spans, bytes on disk of every table (span, lookup, search, operations) and active parts."""
         rows = self.engine.query(
-            "SELECT sum(rows), sum(bytes_on_disk), count() FROM system.parts "
-            "WHERE active AND database = {db:String} AND table = 'otel_traces'",
+            "SELECT sumIf(rows, table = 'otel_traces'), sum(bytes_on_disk), count() FROM system.parts "
+            "WHERE active AND database = {db:String}",
             {"db": self.schema.database},
         )
         spans, size, parts = rows[0] if rows else (0, 0, 0)

@@ -38,6 +38,10 @@ class Engine(Protocol):
 
     def insert(self, table: str, data: bytes, fmt: str, settings: Mapping[str, str | int]) -> None: ...
 
+    def format_schema_settings(self, name: str, text: str, message: str) -> dict[str, str | int]:
+        """Insert settings that make ClickHouse decode with the ``.proto`` in ``text``."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -110,6 +114,23 @@ class ChdbEngine:
         ):
             inserter.append(data)
             inserter.finish()
+
+    def format_schema_settings(self, name: str, text: str, message: str) -> dict[str, str | int]:
+        # An inline schema would be cached in the process's working directory; a file in the store's
+        # own directory, named by its absolute path, keeps everything under --data.
+        directory = os.path.join(self.path, "format_schemas")
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, name)
+        try:
+            with open(path, encoding="utf-8") as f:
+                current = f.read()
+        except FileNotFoundError:
+            current = None
+        if current != text:
+            with open(path + ".tmp", "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(path + ".tmp", path)
+        return {"format_schema": path, "format_schema_message_name": message}
 
     def close(self) -> None:
         with self._lock:
@@ -206,6 +227,10 @@ class ServerEngine:
     def insert(self, table: str, data: bytes, fmt: str, settings: Mapping[str, str | int]) -> None:
         with _translated(f"insert into {table} failed"):
             self._client().raw_insert(table, insert_block=data, fmt=fmt, settings=dict(settings))
+
+    def format_schema_settings(self, name: str, text: str, message: str) -> dict[str, str | int]:
+        # Sent with each insert, so no file has to be placed on the server.
+        return {"format_schema_source": "string", "format_schema": text, "format_schema_message_name": message}
 
     def close(self) -> None:
         with self._lock:

@@ -1,7 +1,9 @@
 """``TraceReader`` over the ClickHouse tables: SQL in, read-model objects out.
 
-Every statement filters on ``Tenant`` first (the leading sort-key column) and passes values as
-server-side parameters. Filters on hot Istio attributes use their materialized columns.
+Every statement filters on ``Tenant`` first (the leading column of every sort key) and passes values as
+server-side parameters. Searches run on the narrow search table unless they filter on an attribute it
+does not carry; traces are then read from ``otel_traces`` at exactly the (10-minute bucket, trace id)
+keys the trace-id lookup table gives.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any
 from meshtrace.model.spans import DependencyLink, Event, Link, Operation, Span, SpanKind, StatusCode, Trace
 from meshtrace.store.api import TimeRange, TraceQuery, TraceSummary
 from meshtrace.store.engine import Engine
-from meshtrace.store.schema import HOT_ATTRIBUTES, Schema
+from meshtrace.store.schema import HOT_ATTRIBUTES, REQUEST_ID, Schema
 
 _NS_PER_S = 1_000_000_000
 
@@ -109,7 +111,12 @@ class Conditions:
         return " AND ".join(self.clauses)
 
 
-def search_conditions(query: TraceQuery) -> Conditions:
+def indexable(query: TraceQuery) -> bool:
+    """Whether the search table alone can answer the query (its filters are all columns there)."""
+    return all(key in HOT_ATTRIBUTES or key == REQUEST_ID for key in query.attributes)
+
+
+def search_conditions(query: TraceQuery, *, on_index: bool) -> Conditions:
     where = Conditions(query.tenant)
     where.time(query.time)
     if query.service:
@@ -126,8 +133,12 @@ def search_conditions(query: TraceQuery) -> Conditions:
         where.add("StatusCode = {status:String}", status=query.status.value)
     for i, (key, value) in enumerate(sorted(query.attributes.items())):
         params = {f"k{i}": key, f"v{i}": value}
-        if key in HOT_ATTRIBUTES:
+        if key == REQUEST_ID and on_index:
+            continue  # resolved to trace ids by ``request_id_condition``
+        if on_index:
             where.add(f"{HOT_ATTRIBUTES[key]} = {{v{i}:String}}", **params)
+        elif key in HOT_ATTRIBUTES:
+            where.add(f"SpanAttributes[{{k{i}:String}}] = {{v{i}:String}}", **params)
         else:
             where.add(
                 f"(SpanAttributes[{{k{i}:String}}] = {{v{i}:String}} "
@@ -151,35 +162,43 @@ class ClickHouseReader:
         )
         return [span_from_row(row) for row in rows]
 
-    def _bounds(self, trace_ids: list[str]) -> TimeRange | None:
-        """Where the traces lie in time, from the trace-id lookup table (the primary key there)."""
-        rows = self.engine.query(
-            f"SELECT toUnixTimestamp(min(Start)), toUnixTimestamp(max(End)), count() "
-            f"FROM {self.schema.trace_id_ts} WHERE TraceId IN {{ids:Array(String)}}",
-            {"ids": trace_ids},
+    def _located(self, where: Conditions, trace_ids: list[str]) -> list[Span]:
+        """Spans of these traces, read at the (bucket, trace id) keys the lookup table gives for them."""
+        where.add(
+            f"""(toStartOfTenMinutes(Timestamp), TraceId) IN (
+                SELECT arrayJoin(arrayMap(
+                    i -> toStartOfTenMinutes(Start) + toIntervalMinute(10 * i),
+                    range(toUInt32(intDiv(dateDiff('minute', toStartOfTenMinutes(Start), End), 10) + 1)))),
+                    TraceId
+                FROM {self.schema.trace_id_ts}
+                WHERE TraceId IN {{ids:Array(String)}})""",
+            ids=trace_ids,
         )
-        if not rows or not int(rows[0][2]):
-            return None
-        start, end, _ = rows[0]
-        return TimeRange(int(start) * _NS_PER_S, (int(end) + 1) * _NS_PER_S)
+        return self._spans(where)
 
     def get_trace(self, tenant: str, trace_id: str, time: TimeRange | None = None) -> Trace | None:
-        time = time or self._bounds([trace_id])
-        if time is None:
-            return None
         where = Conditions(tenant)
+        if time is not None:
+            where.time(time)
         where.add("TraceId = {trace_id:String}", trace_id=trace_id)
-        where.time(time)
-        spans = self._spans(where)
+        spans = self._located(where, [trace_id])
         return Trace(trace_id, spans) if spans else None
 
     def find_trace_ids(self, query: TraceQuery) -> list[TraceSummary]:
-        where = search_conditions(query)
+        on_index = indexable(query)
+        where = search_conditions(query, on_index=on_index)
+        if on_index and REQUEST_ID in query.attributes:
+            where.add(
+                f"TraceId IN (SELECT TraceId FROM {self.schema.request_ids} "
+                "WHERE Tenant = {tenant:String} AND RequestId = {request_id:String})",
+                request_id=query.attributes[REQUEST_ID],
+            )
+        table = self.schema.span_index if on_index else self.schema.traces
         rows = self.engine.query(
             f"""SELECT TraceId,
                    min(toUnixTimestamp64Nano(Timestamp)) AS first_start,
                    max(toUnixTimestamp64Nano(Timestamp) + Duration) AS last_end
-            FROM {self.schema.traces}
+            FROM {table}
             WHERE {where.sql}
             GROUP BY TraceId
             ORDER BY first_start DESC, TraceId
@@ -193,20 +212,14 @@ class ClickHouseReader:
         if not summaries:
             return []
         ids = [s.trace_id for s in summaries]
-        time = self._bounds(ids)
-        if time is None:  # the lookup table lags only if written by a foreign writer without its view
-            time = TimeRange(min(s.start_ns for s in summaries) - 3600 * _NS_PER_S, query.time.end_ns)
-        where = Conditions(query.tenant)
-        where.add("TraceId IN {ids:Array(String)}", ids=ids)
-        where.time(time)
         by_trace: dict[str, list[Span]] = {tid: [] for tid in ids}
-        for span in self._spans(where):
+        for span in self._located(Conditions(query.tenant), ids):
             by_trace[span.trace_id].append(span)
         return [Trace(tid, spans) for tid, spans in by_trace.items() if spans]
 
     def get_services(self, tenant: str) -> list[str]:
         rows = self.engine.query(
-            f"SELECT DISTINCT ServiceName FROM {self.schema.traces} WHERE Tenant = {{tenant:String}} "
+            f"SELECT DISTINCT ServiceName FROM {self.schema.operations} WHERE Tenant = {{tenant:String}} "
             "ORDER BY ServiceName",
             {"tenant": tenant},
         )
@@ -218,7 +231,7 @@ class ClickHouseReader:
         if span_kind is not None:
             where.add("SpanKind = {kind:String}", kind=span_kind.value)
         rows = self.engine.query(
-            f"SELECT SpanName, SpanKind FROM {self.schema.traces} WHERE {where.sql} "
+            f"SELECT SpanName, SpanKind FROM {self.schema.operations} WHERE {where.sql} "
             "GROUP BY SpanName, SpanKind ORDER BY SpanName, SpanKind",
             where.params,
         )

@@ -2,15 +2,32 @@
 
 ``otel_traces`` and ``otel_traces_trace_id_ts`` (with its materialized view) keep the exporter's
 column names and types, so the Collector's ClickHouse exporter and Grafana's ClickHouse plugin work on
-the same tables. On top:
+the same tables. What meshtrace adds:
 
-- ``Tenant``: every span's tenant, first in the sort key so a tenant's data is contiguous;
-- materialized ``LowCardinality`` copies of hot Istio attributes (``http.status_code``,
-  ``response_flags``, ``upstream_cluster``, ``istio.canonical_service``, ``istio.canonical_revision``):
-  filters on them read one small column instead of the whole attribute map (about 50x faster);
+- ``Tenant`` on every span, first in every sort key, so one tenant's data is contiguous;
+- ``otel_traces`` is sorted by (tenant, 10-minute bucket, trace id) in 1024-row granules: a trace's
+  spans sit together, so reading one trace decompresses one granule instead of one per service and
+  operation (and sorted ids compress well: 30% less disk). The buckets of a trace come from
+  ``otel_traces_trace_id_ts``, keyed by trace id. (``toStartOfTenMinutes`` rather than
+  ``toStartOfInterval``: only the former is matched against the sort key by ClickHouse's index analysis.)
+  Its parts are always Compact (all columns of a granule in one file): reading a trace touches ~20
+  columns, and one file instead of dozens made that 30% faster (16 → 11.5 ms at 5M spans). Scans that
+  read few columns go to the search table instead;
+- ``meshtrace_span_index``: the search table, sorted by (tenant, service, span name, time), with only
+  what searches filter on: trace id, kind, duration, status and the hot Istio attributes
+  (``http.status_code``, ``response_flags``, ``upstream_cluster``, ``istio.canonical_service``,
+  ``istio.canonical_revision``) as ``LowCardinality`` columns. Filtering on them reads a few small
+  columns instead of the attribute maps;
+- ``meshtrace_operations``: every (tenant, service, span name, kind) once, for the service and
+  operation lists;
+- ``meshtrace_request_ids``: Istio's ``guid:x-request-id`` → trace id, keyed by request id, so "the
+  trace of this request" (the id in an access log) is a key lookup, not a scan of every attribute map;
 - ``meshtrace_otlp_in``: a ``Null`` table whose rows are whole OTLP export requests as the sender
   encoded them (decoded by ClickHouse's Protobuf input format with ``otlp_wire.proto``), and a
   materialized view that flattens them into ``otel_traces`` rows. No span is converted in Python.
+
+The index and operations tables are fed by materialized views on ``otel_traces`` itself, so spans the
+Collector's own ClickHouse exporter writes there are searchable too.
 
 Attribute values are rendered as the exporter does (``pcommon.Value.AsString``): strings as they are,
 numbers and booleans as text, bytes as base64, arrays and maps as JSON.
@@ -26,7 +43,10 @@ from importlib import resources
 WIRE_MESSAGE = "Row"
 SCHEMA_VERSION = 1
 
-# Span attribute → materialized column. The query layer filters on the column when it can.
+# Istio's request id (Envoy's x-request-id, the same on every span of a request): looked up by key.
+REQUEST_ID = "guid:x-request-id"
+
+# Span attribute → its column in the search table. The query layer filters on the column when it can.
 HOT_ATTRIBUTES: dict[str, str] = {
     "http.status_code": "HttpStatusCode",
     "response_flags": "ResponseFlags",
@@ -105,13 +125,25 @@ class Schema:
         return f"`{self.database}`.otel_traces_trace_id_ts"
 
     @property
+    def span_index(self) -> str:
+        return f"`{self.database}`.meshtrace_span_index"
+
+    @property
+    def operations(self) -> str:
+        return f"`{self.database}`.meshtrace_operations"
+
+    @property
+    def request_ids(self) -> str:
+        return f"`{self.database}`.meshtrace_request_ids"
+
+    @property
     def otlp_in(self) -> str:
         return f"`{self.database}`.meshtrace_otlp_in"
 
-    def _table_settings(self) -> str:
+    def _table_settings(self, granularity: int = 8192) -> str:
         # Deduplication makes a replayed write-ahead-log batch a no-op (the token is the batch id).
         settings = [
-            "index_granularity = 8192",
+            f"index_granularity = {granularity}",
             "ttl_only_drop_parts = 1",
             "non_replicated_deduplication_window = 10000",
         ]
@@ -125,10 +157,8 @@ class Schema:
 
     def statements(self) -> list[str]:
         """Idempotent DDL, in dependency order."""
-        hot = "\n".join(
-            f"    {col} LowCardinality(String) MATERIALIZED SpanAttributes['{key}'] CODEC(ZSTD(1)),"
-            for key, col in HOT_ATTRIBUTES.items()
-        )
+        hot_columns = "\n".join(f"    {col} LowCardinality(String)," for col in HOT_ATTRIBUTES.values())
+        hot_values = ",\n".join(f"    SpanAttributes['{key}'] AS {col}" for key, col in HOT_ATTRIBUTES.items())
         return [
             f"CREATE DATABASE IF NOT EXISTS `{self.database}`",
             f"""CREATE TABLE IF NOT EXISTS {self.traces} (
@@ -159,7 +189,6 @@ class Schema:
         Attributes Map(LowCardinality(String), String)
     ) CODEC(ZSTD(1)),
     Tenant LowCardinality(String) DEFAULT 'default' CODEC(ZSTD(1)),
-{hot}
     INDEX idx_trace_id TraceId TYPE bloom_filter(0.001) GRANULARITY 1,
     INDEX idx_res_attr_key mapKeys(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
     INDEX idx_res_attr_value mapValues(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
@@ -168,9 +197,10 @@ class Schema:
     INDEX idx_duration Duration TYPE minmax GRANULARITY 1
 ) ENGINE = MergeTree
 PARTITION BY toDate(Timestamp)
-ORDER BY (Tenant, ServiceName, SpanName, toDateTime(Timestamp))
+ORDER BY (Tenant, toStartOfTenMinutes(Timestamp), TraceId)
 {self.ttl("Timestamp")}
-SETTINGS {self._table_settings()}""",
+SETTINGS {self._table_settings(granularity=1024)},
+    min_bytes_for_wide_part = 1000000000000, min_rows_for_wide_part = 1000000000""",
             f"""CREATE TABLE IF NOT EXISTS {self.trace_id_ts} (
     TraceId String CODEC(ZSTD(1)),
     Start DateTime CODEC(Delta, ZSTD(1)),
@@ -180,7 +210,7 @@ SETTINGS {self._table_settings()}""",
 PARTITION BY toDate(Start)
 ORDER BY (TraceId, Start)
 {self.ttl("Start")}
-SETTINGS {self._table_settings()}""",
+SETTINGS {self._table_settings(granularity=1024)}""",
             f"""CREATE MATERIALIZED VIEW IF NOT EXISTS `{self.database}`.otel_traces_trace_id_ts_mv
 TO {self.trace_id_ts}
 AS SELECT
@@ -190,6 +220,58 @@ AS SELECT
 FROM {self.traces}
 WHERE TraceId != ''
 GROUP BY TraceId""",
+            f"""CREATE TABLE IF NOT EXISTS {self.span_index} (
+    Tenant LowCardinality(String),
+    ServiceName LowCardinality(String),
+    SpanName LowCardinality(String),
+    SpanKind LowCardinality(String),
+    Timestamp DateTime64(9) CODEC(Delta, ZSTD(1)),
+    TraceId String CODEC(ZSTD(1)),
+    Duration UInt64 CODEC(ZSTD(1)),
+    StatusCode LowCardinality(String),
+{hot_columns}
+    INDEX idx_duration Duration TYPE minmax GRANULARITY 1
+) ENGINE = MergeTree
+PARTITION BY toDate(Timestamp)
+ORDER BY (Tenant, ServiceName, SpanName, toDateTime(Timestamp))
+{self.ttl("Timestamp")}
+SETTINGS {self._table_settings()}""",
+            f"""CREATE MATERIALIZED VIEW IF NOT EXISTS `{self.database}`.meshtrace_span_index_mv
+TO {self.span_index}
+AS SELECT
+    Tenant, ServiceName, SpanName, SpanKind, Timestamp, TraceId, Duration, StatusCode,
+{hot_values}
+FROM {self.traces}""",
+            f"""CREATE TABLE IF NOT EXISTS {self.operations} (
+    Tenant LowCardinality(String),
+    ServiceName LowCardinality(String),
+    SpanName LowCardinality(String),
+    SpanKind LowCardinality(String),
+    LastSeen DateTime
+) ENGINE = ReplacingMergeTree(LastSeen)
+ORDER BY (Tenant, ServiceName, SpanName, SpanKind)
+TTL LastSeen + toIntervalSecond({self.retention_s})""",
+            f"""CREATE MATERIALIZED VIEW IF NOT EXISTS `{self.database}`.meshtrace_operations_mv
+TO {self.operations}
+AS SELECT Tenant, ServiceName, SpanName, SpanKind, max(toDateTime(Timestamp)) AS LastSeen
+FROM {self.traces}
+GROUP BY Tenant, ServiceName, SpanName, SpanKind""",
+            f"""CREATE TABLE IF NOT EXISTS {self.request_ids} (
+    Tenant LowCardinality(String),
+    RequestId String CODEC(ZSTD(1)),
+    TraceId String CODEC(ZSTD(1)),
+    Start DateTime CODEC(Delta, ZSTD(1))
+) ENGINE = MergeTree
+PARTITION BY toDate(Start)
+ORDER BY (Tenant, RequestId)
+{self.ttl("Start")}
+SETTINGS {self._table_settings(granularity=1024)}""",
+            f"""CREATE MATERIALIZED VIEW IF NOT EXISTS `{self.database}`.meshtrace_request_ids_mv
+TO {self.request_ids}
+AS SELECT Tenant, SpanAttributes['{REQUEST_ID}'] AS RequestId, TraceId, min(toDateTime(Timestamp)) AS Start
+FROM {self.traces}
+WHERE RequestId != ''
+GROUP BY Tenant, RequestId, TraceId""",
             f"""CREATE TABLE IF NOT EXISTS {self.otlp_in} (
     resource_spans Array(Tuple(
         resource Tuple(attributes {_ATTRS}),
@@ -248,4 +330,7 @@ WHERE length(s.trace_id) = 16 AND length(s.span_id) = 8""",
         return [
             f"ALTER TABLE {self.traces} MODIFY {self.ttl('Timestamp')}",
             f"ALTER TABLE {self.trace_id_ts} MODIFY {self.ttl('Start')}",
+            f"ALTER TABLE {self.span_index} MODIFY {self.ttl('Timestamp')}",
+            f"ALTER TABLE {self.operations} MODIFY TTL LastSeen + toIntervalSecond({self.retention_s})",
+            f"ALTER TABLE {self.request_ids} MODIFY {self.ttl('Start')}",
         ]

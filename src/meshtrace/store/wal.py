@@ -246,6 +246,11 @@ class WriteAheadLog:
             if self._on_synced is not None:
                 self._on_synced(target)
 
+    @property
+    def synced_seq(self) -> int:
+        """The highest sequence number known to be on disk."""
+        return self._synced
+
     # -- checkpointing ----------------------------------------------------------------------------
 
     def begin(self, first: int, last: int) -> None:

@@ -91,9 +91,7 @@ class Writer:
         self.stats = WriterStats()
         self._on_commit = on_commit
         self._settings: dict[str, str | int] = {
-            "format_schema_source": "string",
-            "format_schema": wire_schema(),
-            "format_schema_message_name": WIRE_MESSAGE,
+            **engine.format_schema_settings("otlp_wire.proto", wire_schema(), WIRE_MESSAGE),
             "input_format_protobuf_oneof_presence": 1,
             "insert_deduplicate": 1,
             "deduplicate_blocks_in_dependent_materialized_views": 1,
@@ -194,7 +192,7 @@ class Writer:
         future: asyncio.Future[None] = loop.create_future()
         if self.wal is not None and self.wal.fsync:
             heapq.heappush(self._durable, (seq, next(self._tiebreak), future))
-            self._wake_durable(self.wal_synced_seq())
+            self._wake_durable(self.wal.synced_seq)
         elif self.wal is None:
             heapq.heappush(self._committed_waiters, (seq, next(self._tiebreak), future))
         else:
@@ -235,14 +233,11 @@ class Writer:
     def healthy(self) -> bool:
         return not self.stats.last_error and not (self.wal is not None and self.wal.broken)
 
-    def wal_synced_seq(self) -> int:
-        return self.wal._synced if self.wal is not None else 0
-
     def _retry_after(self) -> float:
+        """Seconds until the backlog is inserted at the recent insert rate (1 to 30)."""
         if self._rate <= 0:
             return 2.0
-        backlog = self._unsaved_bytes / max(self.max_pending_bytes, 1) * self.flush_spans
-        return float(min(max(round(backlog / self._rate + 1), 1), 30))
+        return float(min(max(round(self._pending_spans / self._rate + 1), 1), 30))
 
     # -- waking waiters on the event loop ---------------------------------------------------------
 
