@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
 import tempfile
 import threading
@@ -25,6 +23,7 @@ from typing import Any
 import grpc
 from rich.progress import Progress
 
+from common import machine, process_stat
 from meshtrace.testing.bookinfo import export_request, traffic
 from meshtrace.testing.server import ServerProcess
 
@@ -47,15 +46,6 @@ def build_requests(count: int, spans_per_request: int) -> list[tuple[bytes, int]
             out.append((export_request(traces).SerializeToString(), spans))
             progress.advance(task)
     return out
-
-
-def _proc_stat(pid: int) -> tuple[float, float]:
-    """(CPU seconds used, RSS in MiB) of a process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(fields[11]) + int(fields[12])) / ticks
-    rss = int(fields[21]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    return cpu, rss
 
 
 def _metric(text: str, name: str) -> float:
@@ -118,7 +108,7 @@ def main() -> None:
             def sample() -> None:
                 nonlocal rss_max
                 while sampling:
-                    rss_max = max(rss_max, _proc_stat(server.pid)[1])
+                    rss_max = max(rss_max, process_stat(server.pid)[1])
                     time.sleep(0.25)
 
             sampler = threading.Thread(target=sample, daemon=True)
@@ -139,14 +129,14 @@ def main() -> None:
             thread.start()
             time.sleep(args.warmup)
             stored_before = count()  # the stored rate is counted from the start of the measurement
-            cpu_before = _proc_stat(server.pid)[0]
+            cpu_before = process_stat(server.pid)[0]
             thread.join()
             acked_total = loop_result["warmup"] + loop_result["measured"]
             deadline = time.monotonic() + 300
             while (stored_now := count()) < acked_total and time.monotonic() < deadline:
                 time.sleep(0.05)
             drained_at = time.monotonic()
-            cpu_after = _proc_stat(server.pid)[0]
+            cpu_after = process_stat(server.pid)[0]
             sampling = False
             time.sleep(5)  # let merges settle before measuring bytes on disk
             metrics = api.get("/metrics").text
@@ -154,11 +144,7 @@ def main() -> None:
             window = drained_at - loop_result["measure_from"]
             report = {
                 "benchmark": "ingest",
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "python": platform.python_version(),
-                    "platform": platform.platform(),
-                },
+                "machine": machine(),
                 "config": {
                     "concurrency": args.concurrency,
                     "spans_per_request": args.spans_per_request,

@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import random
 import statistics
 import tempfile
@@ -26,6 +24,7 @@ from typing import Any
 import grpc
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+from common import machine, process_stat
 from meshtrace.testing.bookinfo import export_request, traffic
 from meshtrace.testing.server import ServerProcess
 
@@ -93,18 +92,13 @@ async def load(target: str, spans_wanted: int, samples: dict[str, list[str]]) ->
     return sent
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def wait_idle(pid: int, limit_s: float = 600.0) -> None:
     """Until the server uses under 5% of a core over 3 s (background merges done), at most ``limit_s``."""
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
-        before = _cpu_seconds(pid)
+        before = process_stat(pid)[0]
         time.sleep(3)
-        if _cpu_seconds(pid) - before < 0.15:
+        if process_stat(pid)[0] - before < 0.15:
             return
 
 
@@ -188,7 +182,7 @@ def main() -> None:
         }
         report = {
             "benchmark": "query",
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+            "machine": machine(),
             "spans_stored": stats["spans"],
             "traces_stored": stats["traces"],
             "load_seconds": load_seconds,

@@ -116,3 +116,15 @@ def test_a_busy_port_is_a_configuration_error(tmp_path):
         )
     assert result.returncode == 2, result.stderr
     assert f"cannot listen on 127.0.0.1:{port} for otlp_http" in result.stderr
+
+
+def test_tokens_file_merges_with_flags_and_reports_errors_by_file(tmp_path):
+    tokens = tmp_path / "tokens.yaml"
+    tokens.write_text("acme: [t1, t2]\nbeta: t3\n")
+    config = build_config({"tokens_file": str(tokens)}, None, {"tokens": ({"gamma": ["t4"]}, "--token")})
+    assert resolve_tokens(config)[0] == {"t1": "acme", "t2": "acme", "t3": "beta", "t4": "gamma"}
+    tokens.write_text("acme: []\n")
+    with pytest.raises(ConfigError) as caught:
+        resolve_tokens(build_config({"tokens_file": str(tokens)}, None, {}))
+    assert str(tokens) in str(caught.value)
+    assert "non-empty token" in str(caught.value)

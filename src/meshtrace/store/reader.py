@@ -16,6 +16,7 @@ from meshtrace.store.engine import Engine
 from meshtrace.store.schema import HOT_ATTRIBUTES, REQUEST_ID, Schema
 
 _NS_PER_S = 1_000_000_000
+_REQUEST_SPAN_S = 3600  # how long after its first span a request's spans are looked for
 
 SPAN_COLUMNS = """TraceId, SpanId, ParentSpanId, TraceState, SpanName, SpanKind, ServiceName,
     toUnixTimestamp64Nano(Timestamp), Duration, StatusCode, StatusMessage,
@@ -188,10 +189,21 @@ class ClickHouseReader:
         on_index = indexable(query)
         where = search_conditions(query, on_index=on_index)
         if on_index and REQUEST_ID in query.attributes:
+            # The request id names its traces exactly: look them up by key, then search only the
+            # minutes they cover instead of every span of the window.
+            found = self.engine.query(
+                f"SELECT TraceId, toUnixTimestamp(Start) FROM {self.schema.request_ids} "
+                "WHERE Tenant = {tenant:String} AND RequestId = {request_id:String}",
+                {"tenant": query.tenant, "request_id": query.attributes[REQUEST_ID]},
+            )
+            if not found:
+                return []
+            starts = [int(start) for _, start in found]
+            where.add("TraceId IN {request_traces:Array(String)}", request_traces=[tid for tid, _ in found])
             where.add(
-                f"TraceId IN (SELECT TraceId FROM {self.schema.request_ids} "
-                "WHERE Tenant = {tenant:String} AND RequestId = {request_id:String})",
-                request_id=query.attributes[REQUEST_ID],
+                "Timestamp >= fromUnixTimestamp64Nano({r0:Int64}) AND Timestamp < fromUnixTimestamp64Nano({r1:Int64})",
+                r0=min(starts) * _NS_PER_S,
+                r1=(max(starts) + _REQUEST_SPAN_S) * _NS_PER_S,
             )
         table = self.schema.span_index if on_index else self.schema.traces
         rows = self.engine.query(
