@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -15,6 +16,9 @@ from rich.table import Table
 from meshtrace import __version__
 from meshtrace.config import ServeConfig, build_config, load_yaml, resolve_tokens
 from meshtrace.errors import ConfigError, MeshtraceError
+
+if TYPE_CHECKING:
+    from meshtrace.server import Endpoints
 
 app = typer.Typer(
     name="meshtrace",
@@ -41,8 +45,8 @@ def _setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _announce(config: ServeConfig, generated_token: str | None) -> Any:
-    def announce(endpoints: Any) -> None:
+def _announce(config: ServeConfig, generated_token: str | None) -> Callable[[Endpoints], None]:
+    def announce(endpoints: Endpoints) -> None:
         table = Table.grid(padding=(0, 2))
         table.add_row("OTLP/gRPC", f"{endpoints.grpc}  (TraceService/Export)")
         table.add_row("OTLP/HTTP", f"http://{endpoints.otlp_http}/v1/traces   Zipkin: /api/v2/spans")

@@ -14,9 +14,10 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import grpc
 import orjson
 import uvicorn
 
@@ -102,7 +103,7 @@ class Backend:
         self.metrics = Metrics()
         self.auth = TokenAuth(tokens, enabled=not config.no_auth)
         self.store: Store | None = None
-        self._grpc = None
+        self._grpc: grpc.aio.Server | None = None
         self._servers: list[_Uvicorn] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
@@ -159,17 +160,17 @@ class Backend:
             "otlp_http": _bind(config.address("otlp_http"), "otlp_http"),
             "http": _bind(config.address("http"), "http"),
         }
-        self._grpc = create_server(TraceServiceHandler(ingest, self.auth), config.max_body_bytes)
+        grpc_server = self._grpc = create_server(TraceServiceHandler(ingest, self.auth), config.max_body_bytes)
         grpc_address = config.address("grpc")
         try:
-            grpc_port = self._grpc.add_insecure_port(str(grpc_address))
+            grpc_port = grpc_server.add_insecure_port(str(grpc_address))
         except RuntimeError as exc:
             raise ConfigError(
                 f"cannot listen on {grpc_address} for grpc",
                 path="grpc",
                 fix="choose another port or stop what is using it",
             ) from exc
-        await self._grpc.start()
+        await grpc_server.start()
 
         query_app = create_app(QueryService(store.reader), self.auth, self.metrics, self.readiness)
         otlp_app = OtlpHttpApp(ingest, self.auth, config.max_body_bytes).app
@@ -240,7 +241,10 @@ def _write_ready_file(path: str, endpoints: Endpoints) -> None:
 
 
 async def serve(
-    config: ServeConfig, tokens: dict[str, str], announce: object = None, ready_file: str | None = None
+    config: ServeConfig,
+    tokens: dict[str, str],
+    announce: Callable[[Endpoints], None] | None = None,
+    ready_file: str | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT. ``announce(endpoints)`` is called once every port is open."""
     backend = Backend(config, tokens)
@@ -251,7 +255,7 @@ async def serve(
         started = time.perf_counter()
         endpoints = await backend.start()
         log.info("ready in %.1fs", time.perf_counter() - started)
-        if callable(announce):
+        if announce is not None:
             announce(endpoints)
         if ready_file:
             _write_ready_file(ready_file, endpoints)

@@ -209,6 +209,13 @@ def test_query_api_needs_a_token(server: ServerProcess) -> None:
     assert server.api(None).get("/readyz").json() == {"ready": True, "problems": []}
 
 
+def test_openapi_documents_both_apis(server: ServerProcess) -> None:
+    spec = server.api(None).get("/openapi.json").json()
+    for path in ("/api/traces", "/api/traces/{trace_id}", "/api/dependencies", "/meshtrace/v1/traces", "/readyz"):
+        assert path in spec["paths"], path
+    assert server.api(None).get("/docs").status_code == 200
+
+
 def test_unknown_routes_and_methods(server: ServerProcess) -> None:
     assert httpx.get(f"{server.otlp_http}/v1/traces").status_code == 405
     assert httpx.post(f"{server.otlp_http}/v1/metrics", content=b"").status_code == 404

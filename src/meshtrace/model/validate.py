@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from meshtrace.errors import MalformedRequest
 
@@ -62,19 +63,19 @@ def parse_request(raw: bytes) -> ExportTraceServiceRequest:
     return request
 
 
-def _span_problem(span: object, min_start_ns: int) -> str | None:
-    trace_id = span.trace_id  # type: ignore[attr-defined]
+def _span_problem(span: Span, min_start_ns: int) -> str | None:
+    trace_id = span.trace_id
     if len(trace_id) != 16 or trace_id == _ZERO_TRACE:
         return "invalid_trace_id"
-    span_id = span.span_id  # type: ignore[attr-defined]
+    span_id = span.span_id
     if len(span_id) != 8 or span_id == _ZERO_SPAN:
         return "invalid_span_id"
-    if len(span.parent_span_id) not in (0, 8):  # type: ignore[attr-defined]
+    if len(span.parent_span_id) not in (0, 8):
         return "invalid_parent_span_id"
-    start = span.start_time_unix_nano  # type: ignore[attr-defined]
+    start = span.start_time_unix_nano
     if start == 0:
         return "missing_start_time"
-    if span.end_time_unix_nano < start:  # type: ignore[attr-defined]
+    if span.end_time_unix_nano < start:
         return "end_before_start"
     if start < min_start_ns:
         return "too_old"

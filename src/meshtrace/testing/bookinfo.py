@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
 
 NAMESPACE = "default"
 GATEWAY = "istio-ingressgateway.istio-system"
@@ -265,7 +265,7 @@ def bookinfo_trace(
 def export_request(traces: Iterable[BookinfoTrace]) -> ExportTraceServiceRequest:
     """Group spans as Envoy exports them: one ResourceSpans (empty scope) per proxy service."""
     request = ExportTraceServiceRequest()
-    by_service = {}
+    by_service: dict[str, ResourceSpans] = {}
     for trace in traces:
         for item in trace.spans:
             resource_spans = by_service.get(item.service)
