@@ -112,8 +112,8 @@ class Backend:
     def _on_commit(self, batch: list[Record], seconds: float) -> None:
         spans = 0
         for record in batch:
-            self.metrics.spans_stored.labels(record.tenant).inc(record.span_count)
-            spans += record.span_count
+            self.metrics.spans_stored.labels(record.label).inc(record.count)
+            spans += record.count
         self.metrics.insert_seconds.observe(seconds)
         self.metrics.insert_spans.observe(spans)
 
@@ -133,8 +133,8 @@ class Backend:
         store = self.store = await asyncio.to_thread(Store.open, config.store_options(), self._on_commit)
         log.info("store: %s", store.engine.description)
         recovery = await store.start()
-        if recovery.span_count:
-            log.info("store: replayed %d acknowledged spans from the write-ahead log", recovery.span_count)
+        if recovery.item_count:
+            log.info("store: replayed %d acknowledged spans from the write-ahead log", recovery.item_count)
         writer = store.writer
         self.metrics.gauge(
             "meshtrace_ingest_pending_bytes",

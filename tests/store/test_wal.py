@@ -22,7 +22,7 @@ def test_records_survive_reopen_until_committed(tmp_path):
     wal.close()
 
     wal, recovery = reopen(tmp_path)
-    assert [(r.seq, r.tenant, r.span_count, r.payload) for r in recovery.pending] == [
+    assert [(r.seq, r.label, r.count, r.payload) for r in recovery.pending] == [
         (3, "acme", 3, b"payload-2"),
         (4, "acme", 3, b"payload-3"),
         (5, "acme", 3, b"payload-4"),

@@ -6,7 +6,8 @@ into one insert, and an insert costs ~30 ms whatever its size. Acknowledging on 
 
 Layout: ``<dir>/<first-seq>.wal`` segments of records, and ``checkpoint.json`` holding the log's epoch,
 the highest sequence number committed to the tables, and the ranges being inserted right now. A record
-is ``magic | length | crc32 | seq | span count | tenant | payload``; a torn record at the end of the last
+is ``magic | length | crc32 | seq | item count | label | payload`` (the label is what the record belongs
+to: a tenant in the store, a signal in a collector's persistent queue); a torn record at the end of the last
 segment (a crash in mid-append) is cut off on open. Replay re-inserts in-flight ranges with their
 original boundaries, so ClickHouse's insert deduplication (keyed by epoch and range) applies each batch
 exactly once.
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 _MAGIC = 0x4D54574C  # "MTWL"
 _HEAD = struct.Struct("<III")  # magic, body length, crc32(body)
-_BODY = struct.Struct("<QIH")  # seq, span count, tenant length
+_BODY = struct.Struct("<QIH")  # seq, item count, label length
 _SUFFIX = ".wal"
 _CHECKPOINT = "checkpoint.json"
 
@@ -40,8 +41,8 @@ _CHECKPOINT = "checkpoint.json"
 @dataclass(slots=True)
 class Record:
     seq: int
-    tenant: str
-    span_count: int
+    label: str
+    count: int
     payload: bytes
 
 
@@ -53,8 +54,8 @@ class Recovery:
     pending: list[Record] = field(default_factory=list)
 
     @property
-    def span_count(self) -> int:
-        return sum(r.span_count for batch in self.inflight for r in batch) + sum(r.span_count for r in self.pending)
+    def item_count(self) -> int:
+        return sum(r.count for batch in self.inflight for r in batch) + sum(r.count for r in self.pending)
 
 
 class WriteAheadLog:
@@ -182,19 +183,19 @@ class WriteAheadLog:
                 _fsync_dir(self.directory)
         self._segment_first = first
 
-    def append(self, tenant: str, span_count: int, payload: bytes) -> int:
+    def append(self, label: str, count: int, payload: bytes) -> int:
         """Write one record to the OS (not yet fsynced); return its sequence number."""
-        tenant_b = tenant.encode()
+        label_b = label.encode()
         with self._lock:
             if self.broken:
                 raise StoreError(f"write-ahead log is unusable: {self.broken}")
             seq = self._next_seq
-            body_head = _BODY.pack(seq, span_count, len(tenant_b))
-            crc = zlib.crc32(payload, zlib.crc32(tenant_b, zlib.crc32(body_head)))
-            length = _BODY.size + len(tenant_b) + len(payload)
+            body_head = _BODY.pack(seq, count, len(label_b))
+            crc = zlib.crc32(payload, zlib.crc32(label_b, zlib.crc32(body_head)))
+            length = _BODY.size + len(label_b) + len(payload)
             if self._segment_size > 0 and self._segment_size + _HEAD.size + length > self.segment_bytes:
                 self._rotate(seq)
-            parts = [_HEAD.pack(_MAGIC, length, crc), body_head, tenant_b, payload]
+            parts = [_HEAD.pack(_MAGIC, length, crc), body_head, label_b, payload]
             total = _HEAD.size + length
             try:
                 written = os.writev(self._fd, parts)
@@ -289,7 +290,7 @@ class WriteAheadLog:
         """Keep a record the store refuses (its raw OTLP bytes) in ``<dir>/set-aside/``; return the path."""
         directory = os.path.join(self.directory, "set-aside")
         os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, f"{record.seq:020d}-{record.tenant}.otlp.pb")
+        path = os.path.join(directory, f"{record.seq:020d}-{record.label}.otlp.pb")
         with open(path, "wb") as f:
             f.write(record.payload)
         return path
@@ -326,10 +327,10 @@ def _decode(data: bytes, offset: int) -> tuple[Record | None, int]:
     body = memoryview(data)[start:end]
     if zlib.crc32(body) != crc:
         return None, offset
-    seq, span_count, tenant_len = _BODY.unpack_from(body, 0)
-    tenant_end = _BODY.size + tenant_len
-    tenant = bytes(body[_BODY.size : tenant_end]).decode()
-    return Record(seq, tenant, span_count, bytes(body[tenant_end:])), end
+    seq, count, label_len = _BODY.unpack_from(body, 0)
+    label_end = _BODY.size + label_len
+    label = bytes(body[_BODY.size : label_end]).decode()
+    return Record(seq, label, count, bytes(body[label_end:])), end
 
 
 def _fsync_dir(path: str) -> None:

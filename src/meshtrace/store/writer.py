@@ -49,7 +49,7 @@ def encode_rows(records: list[Record]) -> bytes:
     """Length-delimited ``Row`` messages: each request's bytes followed by its tenant (field 1001)."""
     parts: list[bytes] = []
     for record in records:
-        tenant = record.tenant.encode()
+        tenant = record.label.encode()
         suffix = b"\xca\x3e" + _varint(len(tenant)) + tenant  # tag of field 1001, wire type 2
         parts += (_varint(len(record.payload) + len(suffix)), record.payload, suffix)
     return b"".join(parts)
@@ -139,7 +139,7 @@ class Writer:
     def _replay(self, recovery: Recovery) -> None:
         log.info(
             "write-ahead log: replaying %d acknowledged spans that were not yet in the tables",
-            recovery.span_count,
+            recovery.item_count,
         )
         with self._cond:
             self._unsaved_bytes += sum(len(r.payload) for b in (*recovery.inflight, recovery.pending) for r in b)
@@ -148,8 +148,8 @@ class Writer:
         pending = deque(recovery.pending)  # the recovery is reported to the caller as found
         while pending:
             batch, spans = [], 0
-            while pending and (not batch or spans + pending[0].span_count <= self.flush_spans):
-                spans += pending[0].span_count
+            while pending and (not batch or spans + pending[0].count <= self.flush_spans):
+                spans += pending[0].count
                 batch.append(pending.popleft())
             self._insert(batch, retry_forever=True)
 
@@ -199,7 +199,7 @@ class Writer:
             future.set_result(None)
         with self._cond:
             self._pending.append((record, time.monotonic()))
-            self._pending_spans += record.span_count
+            self._pending_spans += record.count
             self._appended_seq = seq
             self._cond.notify()
         await future
@@ -287,10 +287,10 @@ class Writer:
                     self._cond.wait()
             batch: list[Record] = []
             spans = 0
-            while self._pending and (not batch or spans + self._pending[0][0].span_count <= self.flush_spans):
+            while self._pending and (not batch or spans + self._pending[0][0].count <= self.flush_spans):
                 record, _ = self._pending.popleft()
                 batch.append(record)
-                spans += record.span_count
+                spans += record.count
             self._pending_spans -= spans
             return batch
 
@@ -325,7 +325,7 @@ class Writer:
                 for record in suspects:
                     self._retry_or_set_aside(record)
                 return
-            log.warning("store unavailable; retrying %d spans", sum(r.span_count for r in batch))
+            log.warning("store unavailable; retrying %d spans", sum(r.count for r in batch))
 
     def _isolate(self, batch: list[Record]) -> tuple[list[Record], bool]:
         """Insert halves recursively; return the records that still fail and whether any landed."""
@@ -357,13 +357,13 @@ class Writer:
         path = self.wal.set_aside(record) if self.wal is not None else "(nowhere: no write-ahead log)"
         log.error(
             "the store refuses %d acknowledged spans of tenant %r (log record %d): %s; kept in %s",
-            record.span_count,
-            record.tenant,
+            record.count,
+            record.label,
             record.seq,
             self.stats.last_error,
             path,
         )
-        self.stats.set_aside_spans += record.span_count
+        self.stats.set_aside_spans += record.count
         if self.wal is not None:
             self.wal.mark_committed(record.seq, record.seq)
         self._release_bytes([record])
@@ -372,7 +372,7 @@ class Writer:
     def _note_failure(self, batch: list[Record], exc: StoreError) -> None:
         self.stats.failed_inserts += 1
         self.stats.last_error = str(exc)
-        log.warning("insert of %d spans failed: %s", sum(r.span_count for r in batch), exc)
+        log.warning("insert of %d spans failed: %s", sum(r.count for r in batch), exc)
 
     def settings_for(self, first: int, last: int) -> dict[str, str | int]:
         """Insert settings of the batch ``first..last`` (its deduplication token included)."""
@@ -389,14 +389,19 @@ class Writer:
         started = time.perf_counter()
         try:
             self.engine.insert(self.schema.otlp_in, encode_rows(batch), "Protobuf", settings)
-        except StoreError:
+        except Exception as exc:
             if self.wal is not None:
                 self.wal.mark_failed(first, last)
-            raise
+            if isinstance(exc, StoreError):
+                raise
+            # A bug must not kill the inserter thread (every writer would wait forever): log it with its
+            # traceback and let the retry and set-aside logic treat it like any failed insert.
+            log.exception("unexpected error inserting %d records", len(batch))
+            raise StoreError(f"unexpected error: {exc!r}") from exc
         elapsed = time.perf_counter() - started
         if self.wal is not None:
             self.wal.mark_committed(first, last)
-        spans = sum(r.span_count for r in batch)
+        spans = sum(r.count for r in batch)
         self.stats.committed_spans += spans
         self.stats.committed_batches += 1
         self.stats.last_insert_seconds = elapsed
