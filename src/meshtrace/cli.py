@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -212,6 +213,66 @@ def _token_flags(items: list[str]) -> dict[str, list[str]]:
             raise ConfigError(f"{item!r} is not TENANT=TOKEN", source="--token", fix="e.g. --token acme=s3cret")
         tokens.setdefault(tenant, []).append(value)
     return tokens
+
+
+@app.command()
+def collector(
+    config: Annotated[
+        list[str],
+        typer.Option(
+            "--config",
+            help="Collector configuration file; repeat to merge several, in order.",
+            envvar="MESHTRACE_COLLECTOR_CONFIG",
+        ),
+    ],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override one setting: --set exporters::otlp::endpoint=host:4317 (repeatable)."),
+    ] = None,
+    validate: Annotated[bool, typer.Option("--validate", help="Check the configuration and exit.")] = False,
+    ready_file: Annotated[
+        str | None, typer.Option(help="Write the bound addresses as JSON here once running (for scripts).")
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="Overrides service::telemetry::logs::level (debug, info, warn, error).")
+    ] = None,
+) -> None:
+    """Run OpenTelemetry Collector configurations: receivers, processors and exporters in pipelines.
+
+    Accepts the Collector's own YAML (receivers, processors, exporters, extensions, service::pipelines,
+    service::telemetry), ${env:VAR} substitution, and deprecated forms it reports as warnings.
+    Exit codes: 0 after a clean stop (SIGINT/SIGTERM), 1 for a bad configuration or a failed start.
+    """
+    from meshtrace.collector.config import load
+    from meshtrace.collector.service import run
+
+    try:
+        settings = load(config, set_ or [])
+    except ConfigError as exc:
+        console.print(f"[red]Error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    level = (log_level or settings.telemetry.log_level).replace("warn", "warning").replace("warninging", "warning")
+    _setup_logging(level if level in ("debug", "info", "warning", "error") else "info")
+    log = logging.getLogger("meshtrace.collector")
+    for warning in settings.warnings:
+        log.warning("%s", warning)
+    if validate:
+        console.print("the configuration is valid", highlight=False)
+        return
+
+    def on_ready(running: Any) -> None:
+        if ready_file:
+            import orjson
+
+            with open(ready_file + ".tmp", "wb") as f:
+                f.write(orjson.dumps({"pid": os.getpid(), **running.addresses()}))
+            os.replace(ready_file + ".tmp", ready_file)
+
+    try:
+        asyncio.run(run(settings, on_ready))
+    except MeshtraceError as exc:
+        console.print(f"[red]Error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
 
 
 @app.command()

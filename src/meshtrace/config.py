@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from meshtrace.errors import ConfigError, InvalidQuery
 from meshtrace.ingest.auth import DEFAULT_TENANT, check_tenant
+from meshtrace.listen import Address, parse_address
 from meshtrace.query.params import parse_duration_ns, parse_size
 from meshtrace.store import StoreOptions
 
@@ -31,24 +31,6 @@ FIXES = {
     "tokens": "map each tenant to a token or a list of tokens, e.g. {acme: s3cret}",
     "store": "use clickhouse://host:8123/database, or leave it unset for the embedded engine",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class Address:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-def parse_address(text: str) -> Address:
-    value = text.strip()
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"{text!r} is not host:port")
-    host = host.strip("[]") or "0.0.0.0"
-    return Address(host, int(port))
 
 
 class ServeConfig(BaseModel):

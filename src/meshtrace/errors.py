@@ -12,6 +12,9 @@ protobuf) are translated where they are called, so callers only ever see this tr
     │   ├── PayloadTooLarge    body over the limit, also unzipped  → gRPC RESOURCE_EXHAUSTED / HTTP 413
     │   ├── UnsupportedMedia   content type or encoding unknown    → HTTP 415
     │   └── Overloaded         the writer is behind; retry later   → gRPC UNAVAILABLE / HTTP 503
+    ├── PipelineError          a collector component could not take or pass on data
+    │   ├── PermanentError     retrying will not help (bad data, 400/401, INVALID_ARGUMENT): dropped, counted
+    │   └── RetryableError     try again later (queue full, memory limit, 503/UNAVAILABLE)
     ├── StoreError             the ClickHouse engine failed or is unreachable
     └── QueryError             a query that cannot be answered as asked
         ├── InvalidQuery       bad parameter (id, duration, time)  → HTTP 400
@@ -65,6 +68,22 @@ class Overloaded(IngestError):
     """The writer is behind; the sender should retry after ``retry_after`` seconds."""
 
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class PipelineError(MeshtraceError):
+    """A collector component could not take or pass on data."""
+
+
+class PermanentError(PipelineError):
+    """Data that will never be accepted as it is; retrying is pointless."""
+
+
+class RetryableError(PipelineError):
+    """A temporary refusal; the sender should retry, after ``retry_after`` seconds if given."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
         self.retry_after = retry_after
         super().__init__(message)
 

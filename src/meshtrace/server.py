@@ -8,26 +8,24 @@ close the store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
-import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
 import orjson
-import uvicorn
 
 from meshtrace.api.app import create_app
-from meshtrace.config import Address, ServeConfig
+from meshtrace.config import ServeConfig
 from meshtrace.errors import ConfigError, StoreError
 from meshtrace.ingest.auth import TokenAuth
 from meshtrace.ingest.grpc_server import TraceServiceHandler, create_server
 from meshtrace.ingest.http_app import OtlpHttpApp
 from meshtrace.ingest.service import IngestService
+from meshtrace.listen import Address, HttpServer, bind, serve_http, shown
 from meshtrace.metrics import Metrics
 from meshtrace.query.service import QueryService
 from meshtrace.store import Store, StoreSize
@@ -61,40 +59,6 @@ class _CachedSize:
         return self._value
 
 
-class _Uvicorn(uvicorn.Server):
-    """uvicorn without its own signal handlers: the backend stops all its servers together."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def _bind(address: Address, what: str) -> socket.socket:
-    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Accepted connections inherit this; without it, a response written in two parts waits for the
-    # client's delayed ACK: 40 ms on every request after the first on a kept-alive connection.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    try:
-        sock.bind((address.host, address.port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(
-            f"cannot listen on {address} for {what}: {exc.strerror}",
-            path=what,
-            fix="choose another port or stop what is using it",
-        ) from exc
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
-def _shown(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 class Backend:
     """The running backend; ``start`` then ``wait`` then ``stop``."""
 
@@ -104,7 +68,7 @@ class Backend:
         self.auth = TokenAuth(tokens, enabled=not config.no_auth)
         self.store: Store | None = None
         self._grpc: grpc.aio.Server | None = None
-        self._servers: list[_Uvicorn] = []
+        self._servers: list[HttpServer] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self._started = False
@@ -157,8 +121,8 @@ class Backend:
 
         ingest = IngestService(writer, self.metrics, retention_ns=config.retention_s * 1_000_000_000)
         socks = {
-            "otlp_http": _bind(config.address("otlp_http"), "otlp_http"),
-            "http": _bind(config.address("http"), "http"),
+            "otlp_http": bind(config.address("otlp_http"), "otlp_http"),
+            "http": bind(config.address("http"), "http"),
         }
         grpc_server = self._grpc = create_server(TraceServiceHandler(ingest, self.auth), config.max_body_bytes)
         grpc_address = config.address("grpc")
@@ -175,25 +139,12 @@ class Backend:
         query_app = create_app(QueryService(store.reader), self.auth, self.metrics, self.readiness)
         otlp_app = OtlpHttpApp(ingest, self.auth, config.max_body_bytes).app
         for app, sock in ((otlp_app, socks["otlp_http"]), (query_app, socks["http"])):
-            server = _Uvicorn(
-                uvicorn.Config(
-                    app,
-                    lifespan="off",
-                    log_config=None,
-                    access_log=False,
-                    http="httptools",
-                    timeout_graceful_shutdown=10,
-                )
-            )
+            server, task = await serve_http(app, sock)
             self._servers.append(server)
-            self._tasks.append(asyncio.create_task(server.serve(sockets=[sock])))
-        while not all(s.started for s in self._servers):
-            if any(t.done() for t in self._tasks):
-                await asyncio.gather(*self._tasks)
-            await asyncio.sleep(0.01)
+            self._tasks.append(task)
         self._started = True
         grpc_shown = str(Address(grpc_address.host, grpc_port))
-        return Endpoints(grpc_shown, _shown(socks["otlp_http"]), _shown(socks["http"]))
+        return Endpoints(grpc_shown, shown(socks["otlp_http"]), shown(socks["http"]))
 
     def request_stop(self) -> None:
         self._stop.set()

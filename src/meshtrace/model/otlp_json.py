@@ -18,8 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from meshtrace.errors import MalformedRequest
 
-_SPAN_ID_KEYS = ("traceId", "trace_id", "spanId", "span_id", "parentSpanId", "parent_span_id")
-_LINK_ID_KEYS = ("traceId", "trace_id", "spanId", "span_id")
+_ID_KEYS = frozenset({"traceId", "trace_id", "spanId", "span_id", "parentSpanId", "parent_span_id"})
 
 
 def _hex_to_b64(value: Any) -> str:
@@ -31,20 +30,18 @@ def _hex_to_b64(value: Any) -> str:
         return ""
 
 
-def _convert_ids(obj: dict[str, Any], keys: tuple[str, ...]) -> None:
-    for key in keys:
-        if key in obj:
-            obj[key] = _hex_to_b64(obj[key])
-
-
-def _children(obj: Any, *keys: str) -> list[Any]:
-    if not isinstance(obj, dict):
-        return []
-    for key in keys:
-        value = obj.get(key)
-        if isinstance(value, list):
-            return value
-    return []
+def _convert_ids(value: Any) -> None:
+    """Hex ids → the base64 the proto3 JSON mapping expects, wherever they are (spans, links, log
+    records, metric exemplars)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in _ID_KEYS:
+                value[key] = _hex_to_b64(item)
+            else:
+                _convert_ids(item)
+    elif isinstance(value, list):
+        for item in value:
+            _convert_ids(item)
 
 
 def load_json(body: bytes) -> Any:
@@ -55,43 +52,43 @@ def load_json(body: bytes) -> Any:
         raise MalformedRequest(f"body is not valid JSON: {exc}") from exc
 
 
-def parse_otlp_json(body: bytes) -> ExportTraceServiceRequest:
-    """Decode an OTLP/JSON ExportTraceServiceRequest or raise MalformedRequest with the reason."""
+def parse_otlp_json_request(body: bytes, request_type: type[Any]) -> Any:
+    """Decode any OTLP/JSON export request (traces, metrics, logs) or raise MalformedRequest."""
     doc = load_json(body)
     if not isinstance(doc, dict):
-        raise MalformedRequest("OTLP/JSON body must be an object with a 'resourceSpans' array")
-    for resource_spans in _children(doc, "resourceSpans", "resource_spans"):
-        for scope_spans in _children(resource_spans, "scopeSpans", "scope_spans"):
-            for span in _children(scope_spans, "spans"):
-                if not isinstance(span, dict):
-                    continue
-                _convert_ids(span, _SPAN_ID_KEYS)
-                for link in _children(span, "links"):
-                    if isinstance(link, dict):
-                        _convert_ids(link, _LINK_ID_KEYS)
-    request = ExportTraceServiceRequest()
+        raise MalformedRequest(f"OTLP/JSON body must be an object, not {type(doc).__name__}")
+    _convert_ids(doc)
+    request = request_type()
     try:
         json_format.ParseDict(doc, request, ignore_unknown_fields=True)
     except json_format.ParseError as exc:
-        raise MalformedRequest(f"body is not a valid OTLP/JSON ExportTraceServiceRequest: {exc}") from exc
+        raise MalformedRequest(f"body is not a valid OTLP/JSON {request_type.__name__}: {exc}") from exc
     return request
 
 
-def _b64_to_hex(obj: dict[str, Any], keys: tuple[str, ...]) -> None:
-    for key in keys:
-        if key in obj:
-            obj[key] = base64.b64decode(obj[key]).hex()
+def parse_otlp_json(body: bytes) -> ExportTraceServiceRequest:
+    """Decode an OTLP/JSON ExportTraceServiceRequest or raise MalformedRequest with the reason."""
+    request: ExportTraceServiceRequest = parse_otlp_json_request(body, ExportTraceServiceRequest)
+    return request
 
 
-def to_otlp_json(request: ExportTraceServiceRequest) -> dict[str, Any]:
-    """The OTLP/JSON form of a request: lowerCamelCase, hex ids, enums as numbers, int64 as strings."""
-    doc = json_format.MessageToDict(request, use_integers_for_enums=True)
-    for resource_spans in doc.get("resourceSpans", []):
-        for scope_spans in resource_spans.get("scopeSpans", []):
-            for span in scope_spans.get("spans", []):
-                _b64_to_hex(span, ("traceId", "spanId", "parentSpanId"))
-                for link in span.get("links", []):
-                    _b64_to_hex(link, ("traceId", "spanId"))
+def hex_ids(value: Any) -> Any:
+    """base64 ids (proto3 JSON) → hex ids (OTLP/JSON), wherever they are; returns ``value``."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in _ID_KEYS and isinstance(item, str):
+                value[key] = base64.b64decode(item).hex()
+            else:
+                hex_ids(item)
+    elif isinstance(value, list):
+        for item in value:
+            hex_ids(item)
+    return value
+
+
+def to_otlp_json(request: Any) -> dict[str, Any]:
+    """Any export request in OTLP/JSON: lowerCamelCase, hex ids, enums as numbers, 64-bit ints as strings."""
+    doc: dict[str, Any] = hex_ids(json_format.MessageToDict(request, use_integers_for_enums=True))
     return doc
 
 

@@ -15,7 +15,10 @@ exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import os
 import struct
@@ -314,6 +317,39 @@ class WriteAheadLog:
                         os.close(fd)
             self._to_close = []
             self._fd = -1
+
+
+class DurableWaiter:
+    """Lets coroutines await "record ``seq`` is on disk", fed by the log's fsync thread.
+
+    Pass ``on_synced`` to ``WriteAheadLog.open``; call ``wait(seq)`` after ``append``.
+    """
+
+    def __init__(self, wal: WriteAheadLog) -> None:
+        self.wal = wal
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._heap: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._tiebreak = itertools.count()
+
+    def on_synced(self, seq: int) -> None:
+        """Called from the fsync thread."""
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._release, seq)
+
+    def _release(self, seq: int) -> None:
+        while self._heap and self._heap[0][0] <= seq:
+            _, _, future = heapq.heappop(self._heap)
+            if not future.done():
+                future.set_result(None)
+
+    async def wait(self, seq: int) -> None:
+        if not self.wal.fsync:
+            return  # written to the OS: survives a crash of this process, which is what was asked
+        self.loop = asyncio.get_running_loop()
+        future = self.loop.create_future()
+        heapq.heappush(self._heap, (seq, next(self._tiebreak), future))
+        self._release(self.wal.synced_seq)
+        await future
 
 
 def _decode(data: bytes, offset: int) -> tuple[Record | None, int]:

@@ -28,7 +28,7 @@ from meshtrace.errors import Overloaded, StoreError
 from meshtrace.store.api import SpanBatch
 from meshtrace.store.engine import Engine
 from meshtrace.store.schema import WIRE_MESSAGE, Schema, wire_schema
-from meshtrace.store.wal import Record, Recovery, WriteAheadLog
+from meshtrace.store.wal import DurableWaiter, Record, Recovery, WriteAheadLog
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class Writer:
         self.inserters = max(1, inserters) if wal is not None else 1
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._durable: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._durable = DurableWaiter(wal) if wal is not None else None
         self._committed_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._tiebreak = itertools.count()
         self._rate = 0.0  # spans/s over recent inserts, for Retry-After
@@ -121,7 +121,9 @@ class Writer:
         self._loop = asyncio.get_running_loop()
         recovery = Recovery()
         if self.wal is not None:
-            recovery = await asyncio.to_thread(self.wal.open, self._synced_from_thread)
+            assert self._durable is not None
+            self._durable.loop = self._loop
+            recovery = await asyncio.to_thread(self.wal.open, self._durable.on_synced)
             self._committed_seq = self.wal.committed
             if recovery.inflight or recovery.pending:
                 await asyncio.to_thread(self._replay, recovery)
@@ -189,20 +191,19 @@ class Writer:
                 self._unsaved_bytes -= size
             raise
         record = Record(seq, batch.tenant, batch.span_count, batch.payload)
-        future: asyncio.Future[None] = loop.create_future()
-        if self.wal is not None and self.wal.fsync:
-            heapq.heappush(self._durable, (seq, next(self._tiebreak), future))
-            self._wake_durable(self.wal.synced_seq)
-        elif self.wal is None:
-            heapq.heappush(self._committed_waiters, (seq, next(self._tiebreak), future))
-        else:
-            future.set_result(None)
+        committed: asyncio.Future[None] | None = None
+        if self.wal is None:
+            committed = loop.create_future()
+            heapq.heappush(self._committed_waiters, (seq, next(self._tiebreak), committed))
         with self._cond:
             self._pending.append((record, time.monotonic()))
             self._pending_spans += record.count
             self._appended_seq = seq
             self._cond.notify()
-        await future
+        if committed is not None:
+            await committed
+        elif self._durable is not None:
+            await self._durable.wait(seq)
 
     async def sync(self) -> None:
         """Wait until every write acknowledged before this call is visible to readers."""
@@ -241,16 +242,9 @@ class Writer:
 
     # -- waking waiters on the event loop ---------------------------------------------------------
 
-    def _synced_from_thread(self, seq: int) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._wake_durable, seq)
-
     def _committed_from_thread(self, seq: int) -> None:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._wake_committed, seq)
-
-    def _wake_durable(self, seq: int) -> None:
-        _release(self._durable, seq)
 
     def _wake_committed(self, seq: int) -> None:
         self._committed_seq = max(self._committed_seq, seq)

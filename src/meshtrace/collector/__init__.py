@@ -1,0 +1,1 @@
+"""``meshtrace collector``: runs OpenTelemetry Collector configurations (receivers → processors → exporters)."""

@@ -1,0 +1,1 @@
+"""Processors: each wraps the next consumer of its pipeline."""
