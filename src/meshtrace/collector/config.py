@@ -185,8 +185,9 @@ def _split_id(section: str, component_id: Any) -> tuple[str, str]:
 
 def build(doc: dict[str, Any], warnings: list[str] | None = None) -> CollectorConfig:
     """Validate a merged document against the registered component types."""
-    from meshtrace.collector.registry import FACTORIES
+    from meshtrace.collector.registry import load_builtins
 
+    FACTORIES = load_builtins()
     config = CollectorConfig(warnings=list(warnings or []))
     unknown = set(doc) - {*SECTIONS, "service", "connectors"}
     if unknown:
@@ -228,8 +229,9 @@ def build(doc: dict[str, Any], warnings: list[str] | None = None) -> CollectorCo
 
 
 def _build_service(service: Any, config: CollectorConfig) -> None:
-    from meshtrace.collector.registry import FACTORIES
+    from meshtrace.collector.registry import load_builtins
 
+    FACTORIES = load_builtins()
     if not isinstance(service, dict):
         raise CollectorConfigError("'service' expected a map")
     unknown = set(service) - {"extensions", "pipelines", "telemetry"}

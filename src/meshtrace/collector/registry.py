@@ -8,6 +8,7 @@ how to create an instance.
 from __future__ import annotations
 
 import builtins
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,11 +42,23 @@ def register(factory: Factory) -> Factory:
     return factory
 
 
-def _load_builtins() -> None:
-    from meshtrace.collector import extensions  # noqa: F401
-    from meshtrace.collector.exporters import debug, file, otlp  # noqa: F401
-    from meshtrace.collector.processors import attributes, batch, memory_limiter, sampling, tail_sampling  # noqa: F401
-    from meshtrace.collector.receivers import otlp as otlp_receiver  # noqa: F401
+BUILTINS = (
+    "meshtrace.collector.receivers.otlp",
+    "meshtrace.collector.receivers.zipkin",
+    "meshtrace.collector.processors.batch",
+    "meshtrace.collector.processors.memory_limiter",
+    "meshtrace.collector.processors.attributes",
+    "meshtrace.collector.processors.sampling",
+    "meshtrace.collector.processors.tail_sampling",
+    "meshtrace.collector.exporters.otlp",
+    "meshtrace.collector.exporters.debug",
+    "meshtrace.collector.exporters.file",
+    "meshtrace.collector.extensions",
+)
 
 
-_load_builtins()
+def load_builtins() -> dict[tuple[str, str], Factory]:
+    """Import the built-in components (each registers itself); returns every factory."""
+    for module in BUILTINS:
+        importlib.import_module(module)
+    return FACTORIES

@@ -24,8 +24,8 @@ from meshtrace.collector.component import Component, Consumer, Fanout, Host
 from meshtrace.collector.config import CollectorConfig, CollectorConfigError
 from meshtrace.collector.data import Batch, Signal
 from meshtrace.collector.extensions import HealthCheck
-from meshtrace.collector.receivers.otlp import Receiver
-from meshtrace.collector.registry import FACTORIES
+from meshtrace.collector.receivers.common import Receiver
+from meshtrace.collector.registry import FACTORIES, load_builtins
 from meshtrace.collector.telemetry import Telemetry
 from meshtrace.listen import HttpServer, bind, parse_address, serve_http
 
@@ -51,6 +51,7 @@ class Copying:
 
 class Collector:
     def __init__(self, config: CollectorConfig) -> None:
+        load_builtins()
         self.config = config
         self.telemetry = Telemetry()
         self.extensions: dict[str, Component] = {}

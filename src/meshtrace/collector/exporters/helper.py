@@ -50,6 +50,10 @@ class RetrySettings(Settings):
     max_elapsed_time: Seconds = 300.0
 
 
+class _KeepForLater(Exception):
+    """Shutdown interrupted the retries of a persistent queue's request: it is sent after the restart."""
+
+
 @dataclass(slots=True)
 class Queued:
     batch: Batch
@@ -119,6 +123,9 @@ class Exporter(Component):
                 await self._send_with_retry(item.batch)
             except (PermanentError, RetryableError):
                 pass  # logged and counted by _send_with_retry; the data is dropped
+            except _KeepForLater:
+                self._in_flight -= 1
+                return
             except asyncio.CancelledError:
                 # Shutdown interrupted the send: a persistent queue keeps the record for the next start.
                 self._in_flight -= 1
@@ -155,7 +162,9 @@ class Exporter(Component):
                 retry_after, error = 0.0, RetryableError(str(exc))
             delay = max(retry_after, interval * (1 + self.retry.randomization_factor * (2 * random.random() - 1)))  # noqa: S311
             elapsed = time.monotonic() - started
-            if not self.retry.enabled or elapsed + delay > self.retry.max_elapsed_time or self._stopping_now():
+            if self._stopping and self._wal is not None:
+                raise _KeepForLater from error
+            if not self.retry.enabled or elapsed + delay > self.retry.max_elapsed_time:
                 failed.labels(self.component_id).inc(batch.items)
                 log.error(
                     "%s: dropping %d %s after %.0fs of retries: %s",
@@ -169,11 +178,6 @@ class Exporter(Component):
             log.warning("%s: export failed, retrying in %.1fs: %s", self.component_id, delay, error)
             await asyncio.sleep(delay)
             interval = min(interval * self.retry.multiplier, self.retry.max_interval)
-
-    def _stopping_now(self) -> bool:
-        # A persistent queue keeps what it could not send for the next start; a memory one keeps trying
-        # until shutdown gives up on it.
-        return self._stopping and self._wal is not None
 
     # -- lifecycle --------------------------------------------------------------------------------
 

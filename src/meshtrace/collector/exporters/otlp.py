@@ -24,7 +24,7 @@ from pydantic import model_validator
 
 from meshtrace.collector.data import Batch, Signal
 from meshtrace.collector.exporters.helper import Exporter, QueueSettings, RetrySettings
-from meshtrace.collector.receivers.otlp import SERVICES
+from meshtrace.collector.receivers.common import SERVICES
 from meshtrace.collector.registry import Factory, register
 from meshtrace.collector.settings import Seconds, Settings
 from meshtrace.errors import PermanentError, RetryableError

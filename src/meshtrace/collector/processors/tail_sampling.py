@@ -1,8 +1,9 @@
 """The ``tail_sampling`` processor: decide per trace, after ``decision_wait``, from all of its spans.
 
 Spans are held per trace id from the first one seen; once ``decision_wait`` has passed the policies run
-on everything gathered. A trace is kept if any policy says so, unless a ``string_attribute`` policy with
-``invert_match`` vetoes it (upstream's precedence). Spans arriving after the decision follow it. When
+on everything gathered, with upstream's precedence: an inverted match that matches vetoes the trace; else
+any policy saying "sample" keeps it; else an inverted match that does not match keeps it unless another
+policy said "do not sample". Spans arriving after the decision follow it. When
 more than ``num_traces`` traces are waiting, the oldest is decided early rather than dropped.
 
 Policies: ``always_sample``, ``latency`` (first start to last end ≥ ``threshold_ms``, and ≤
@@ -150,8 +151,20 @@ def _attr_values(resource: Any, span: Span, key: str) -> list[Any]:
     return [kv.value for kv in (*span.attributes, *resource.attributes) if kv.key == key]
 
 
+SAMPLED, NOT_SAMPLED, INVERT_SAMPLED, INVERT_NOT_SAMPLED = "sampled", "not_sampled", "invert_sampled", "veto"
+
+
+def combine(votes: list[str]) -> bool:
+    """Upstream's final decision from every policy's vote."""
+    if INVERT_NOT_SAMPLED in votes:
+        return False
+    if SAMPLED in votes:
+        return True
+    return INVERT_SAMPLED in votes and NOT_SAMPLED not in votes
+
+
 class Decider:
-    """Evaluates one policy on a trace: True (sample), False (no opinion), or "veto"."""
+    """Evaluates one policy on a trace and votes one of the four outcomes."""
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
@@ -169,7 +182,13 @@ class Decider:
         self.spent: dict[int, float] = {}
         self.second = -1
 
-    def decide(self, trace_id: bytes, spans: list[tuple[Any, Span]]) -> bool | str:
+    def decide(self, trace_id: bytes, spans: list[tuple[Any, Span]]) -> str:
+        vote = self._vote(trace_id, spans)
+        if isinstance(vote, str):
+            return vote
+        return SAMPLED if vote else NOT_SAMPLED
+
+    def _vote(self, trace_id: bytes, spans: list[tuple[Any, Span]]) -> bool | str:
         p = self.policy
         if p.type == "always_sample":
             return True
@@ -198,7 +217,7 @@ class Decider:
                 for value in _attr_values(resource, span, cfg.key)
             )
             if cfg.invert_match:
-                return "veto" if matched else True
+                return INVERT_NOT_SAMPLED if matched else INVERT_SAMPLED
             return matched
         if p.type == "numeric_attribute" and p.numeric_attribute is not None:
             cfg_n = p.numeric_attribute
@@ -210,13 +229,13 @@ class Decider:
                 for v in _attr_values(resource, span, cfg_n.key)
                 if v.WhichOneof("value") in ("int_value", "double_value")
             )
-            return ("veto" if matched else True) if cfg_n.invert_match else matched
+            return (INVERT_NOT_SAMPLED if matched else INVERT_SAMPLED) if cfg_n.invert_match else matched
         if p.type == "and":
-            return all(sub.decide(trace_id, spans) is True for sub in self.subs)
+            return all(sub.decide(trace_id, spans) in (SAMPLED, INVERT_SAMPLED) for sub in self.subs)
         if p.type == "composite":
             now = int(time.monotonic())
             for index, (sub, budget) in enumerate(self.composite):
-                if sub.decide(trace_id, spans) is True:
+                if sub.decide(trace_id, spans) == SAMPLED:
                     used = self.spent.get(index, 0) if self.second == now else 0
                     if used + len(spans) <= budget:
                         if self.second != now:
@@ -274,8 +293,7 @@ class TailSampler(Component):
 
                 parsed[resource] = Resource.FromString(resource)
             spans.append((parsed[resource], span))
-        votes = [d.decide(trace_id, spans) for d in self.deciders]
-        return "veto" not in votes and any(v is True for v in votes)
+        return combine([d.decide(trace_id, spans) for d in self.deciders])
 
     async def _release(self, traces: list[tuple[bytes, HeldTrace]]) -> None:
         keep: list[tuple[bytes, bytes, Span]] = []

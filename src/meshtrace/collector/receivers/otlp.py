@@ -15,34 +15,24 @@ import logging
 from typing import Any
 
 import grpc
-import orjson
-from google.protobuf.duration_pb2 import Duration
-from google.rpc import error_details_pb2, status_pb2
 from pydantic import model_validator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from meshtrace.collector.component import Component, Consumer, Host
+from meshtrace.collector.component import Host
 from meshtrace.collector.data import Batch, Signal
+from meshtrace.collector.receivers.common import JSON, PROTOBUF, SERVICES, Receiver, grpc_trailers, http_error
 from meshtrace.collector.registry import Factory, register
 from meshtrace.collector.settings import Endpoint, Settings
 from meshtrace.collector.telemetry import Telemetry
-from meshtrace.errors import IngestError, PayloadTooLarge, PermanentError, RetryableError, UnsupportedMedia
+from meshtrace.errors import IngestError, PermanentError, RetryableError, UnsupportedMedia
 from meshtrace.ingest.body import decode_content, read_limited
 from meshtrace.listen import HttpServer, bind, parse_address, serve_http
 from meshtrace.model.otlp_json import parse_otlp_json_request
 
 log = logging.getLogger(__name__)
-
-SERVICES = {
-    Signal.TRACES: "opentelemetry.proto.collector.trace.v1.TraceService",
-    Signal.METRICS: "opentelemetry.proto.collector.metrics.v1.MetricsService",
-    Signal.LOGS: "opentelemetry.proto.collector.logs.v1.LogsService",
-}
-PROTOBUF = "application/x-protobuf"
-JSON = "application/json"
 
 
 class GrpcProtocol(Settings):
@@ -93,59 +83,6 @@ def migrate(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
                 f"(upstream has defaulted to localhost:{port} since v0.104.0; set 'endpoint' to be explicit)"
             )
     return {**raw, "protocols": protocols}, notes
-
-
-class Receiver(Component):
-    """What receivers share: per-signal consumers, counting, and error translation."""
-
-    name = "receiver"
-
-    def __init__(self, component_id: str, telemetry: Telemetry) -> None:
-        self.component_id = component_id
-        self.telemetry = telemetry
-        self.consumers: dict[Signal, Consumer] = {}
-        self.addresses: dict[str, str] = {}
-
-    async def push(self, batch: Batch, transport: str) -> None:
-        consumer = self.consumers.get(batch.signal)
-        if consumer is None:
-            raise PermanentError(f"{self.component_id} has no {batch.signal} pipeline")
-        labels = (self.component_id, transport)
-        try:
-            await consumer.consume(batch)
-        except (PermanentError, RetryableError):
-            self.telemetry.refused[batch.signal].labels(*labels).inc(batch.items)
-            raise
-        except Exception as exc:
-            self.telemetry.refused[batch.signal].labels(*labels).inc(batch.items)
-            log.exception("%s: the pipeline failed", self.component_id)
-            raise RetryableError(f"the pipeline failed: {exc}") from exc
-        self.telemetry.accepted[batch.signal].labels(*labels).inc(batch.items)
-
-
-def grpc_trailers(retry_after: float | None) -> tuple[tuple[str, bytes], ...] | None:
-    if retry_after is None:
-        return None
-    status = status_pb2.Status(code=14)
-    status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=Duration(seconds=max(1, int(retry_after)))))
-    return (("grpc-status-details-bin", status.SerializeToString()),)
-
-
-def http_error(error: Exception, media: str) -> Response:
-    if isinstance(error, RetryableError):
-        status, code = 503, 14
-    elif isinstance(error, UnsupportedMedia):
-        status, code = 415, 3
-    elif isinstance(error, PayloadTooLarge):
-        status, code = 413, 8
-    else:
-        status, code = 400, 3
-    headers = {}
-    if isinstance(error, RetryableError):
-        headers["Retry-After"] = str(max(1, round(error.retry_after or 1)))
-    if media == PROTOBUF:
-        return Response(status_pb2.Status(code=code, message=str(error)).SerializeToString(), status, headers, PROTOBUF)
-    return Response(orjson.dumps({"code": code, "message": str(error)}), status, headers, JSON)
 
 
 class OtlpReceiver(Receiver):

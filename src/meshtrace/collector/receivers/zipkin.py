@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from meshtrace.collector.component import Host
 from meshtrace.collector.data import Batch, Signal
-from meshtrace.collector.receivers.otlp import JSON, Receiver, http_error
+from meshtrace.collector.receivers.common import JSON, Receiver, http_error
 from meshtrace.collector.registry import TRACES_ONLY, Factory, register
 from meshtrace.collector.settings import Endpoint, Settings
 from meshtrace.collector.telemetry import Telemetry
