@@ -51,8 +51,8 @@ def servers() -> Iterator[Callable[..., ServerProcess]]:
     """Start servers inside a test; every one still running at the end is killed (by its PID)."""
     started: list[ServerProcess] = []
 
-    def start(data_dir: Path, *args: str) -> ServerProcess:
-        proc = ServerProcess(data_dir, *args)
+    def start(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
+        proc = ServerProcess(data_dir, *args, env=env)
         started.append(proc)
         return proc.start()
 
@@ -69,9 +69,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     assert code == 0, proc.log()
 
 
-def stored(server: ServerProcess, token: str = TOKENS["acme"]) -> tuple[int, int]:
+def stored(server: ServerProcess, token: str = TOKENS["acme"]) -> tuple[int, int, int]:
+    """(spans, traces, distinct spans) stored for the tenant of ``token``."""
     doc = server.api(token).get("/meshtrace/v1/stats").raise_for_status().json()
-    return doc["spans"], doc["traces"]
+    return doc["spans"], doc["traces"], doc["distinctSpans"]
 
 
 def jaeger_trace(server: ServerProcess, trace_id: str, token: str = TOKENS["acme"], spans: int = 1) -> dict[str, Any]:

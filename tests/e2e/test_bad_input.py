@@ -196,7 +196,7 @@ def test_tenants_cannot_read_each_others_traces(server: ServerProcess, channel: 
     assert acme.get(f"/meshtrace/v1/traces/{trace_id}").status_code == 404
     found = acme.get("/api/traces", params={"service": "reviews.default", "limit": 1000}).json()["data"]
     assert trace_id not in {t["traceID"] for t in found}
-    assert stored(server, TOKENS["beta"]) == (9, 1)
+    assert stored(server, TOKENS["beta"]) == (9, 1, 9)
 
 
 def test_query_api_needs_a_token(server: ServerProcess) -> None:
@@ -230,7 +230,7 @@ def test_nothing_valid_was_lost(server: ServerProcess) -> None:
     assert 'meshtrace_spans_rejected_total{reason="too_old",tenant="acme"} 1.0' in metrics
     assert 'meshtrace_export_requests_total{outcome="unauthenticated",transport="grpc"} 2.0' in metrics
     assert 'meshtrace_export_requests_total{outcome="malformed",transport="grpc"} 1.0' in metrics
-    assert stored(server) == (7 + 7 + 1 + 9, 4)
+    assert stored(server) == (7 + 7 + 1 + 9, 4, 7 + 7 + 1 + 9)
 
 
 def test_retry_info_is_well_formed() -> None:

@@ -69,7 +69,7 @@ def test_kill_9_during_ingest_loses_no_acknowledged_span(tmp_path, servers):
     assert 150 <= len(acked) < len(work), "the kill must land mid-traffic"
 
     restarted = servers(tmp_path / "data", *token_args())
-    spans_stored, _ = stored(restarted)
+    spans_stored, _, _ = stored(restarted)
     assert acked_spans <= spans_stored <= sent  # all acknowledged spans, and nothing stored twice
     api = restarted.api()
     for _, trace_ids in acked[-40:]:  # the newest acknowledgements were the most at risk

@@ -29,7 +29,7 @@ def test_acknowledged_writes_become_visible(chdb_engine, tmp_path):
         await store.start()
         await asyncio.gather(*(store.writer.write(batch(i)) for i in range(20)))
         await store.writer.sync()
-        assert store.reader.count("acme") == (20 * 9, 20)
+        assert store.reader.count("acme") == (20 * 9, 20, 20 * 9)
         await store.close()
 
     asyncio.run(go())
@@ -42,9 +42,9 @@ def test_close_inserts_everything_acknowledged(chdb_engine, tmp_path):
         await store.start()
         for i in range(3):
             await store.writer.write(batch(i))
-        assert store.reader.count("acme") == (0, 0)
+        assert store.reader.count("acme") == (0, 0, 0)
         await store.close()
-        assert store.reader.count("acme") == (27, 3)
+        assert store.reader.count("acme") == (27, 3, 27)
 
     asyncio.run(go())
 
@@ -64,7 +64,7 @@ def test_replay_after_crash_applies_each_batch_exactly_once(chdb_engine, tmp_pat
     wal.mark_inflight(1, 3)
     chdb_engine.insert(store.schema.otlp_in, encode_rows(records[:3]), "Protobuf", store.writer.settings_for(1, 3))
     wal.close()  # ...and here the process dies
-    assert store.reader.count("acme") == (27, 3)
+    assert store.reader.count("acme") == (27, 3, 27)
 
     restarted = Store.create(chdb_engine, store.schema, StoreOptions(data_dir=str(tmp_path)), owns_engine=False)
 
@@ -72,7 +72,7 @@ def test_replay_after_crash_applies_each_batch_exactly_once(chdb_engine, tmp_pat
         recovery = await restarted.start()
         assert [[r.seq for r in b] for b in recovery.inflight] == [[1, 2, 3]]
         assert [r.seq for r in recovery.pending] == [4, 5]
-        assert restarted.reader.count("acme") == (45, 5)  # not 72: the in-flight range was deduplicated
+        assert restarted.reader.count("acme") == (45, 5, 45)  # not 72: the in-flight range was deduplicated
         await restarted.close()
 
     asyncio.run(restart())
@@ -113,7 +113,7 @@ def test_a_record_the_engine_refuses_is_set_aside_and_the_rest_lands(chdb_engine
                 break
             await asyncio.sleep(0.1)
         await store.writer.sync()
-        assert store.reader.count("acme") == (18, 2)
+        assert store.reader.count("acme") == (18, 2, 18)
         assert store.writer.stats.set_aside_spans == 1
         kept = list((tmp_path / "wal" / "set-aside").iterdir())
         assert len(kept) == 1
@@ -129,7 +129,7 @@ def test_without_a_log_writes_wait_for_the_insert(chdb_engine, tmp_path):
     async def go():
         await store.start()
         await store.writer.write(batch(3))
-        assert store.reader.count("acme") == (9, 1)  # visible the moment write returns
+        assert store.reader.count("acme") == (9, 1, 9)  # visible the moment write returns
         await store.close()
 
     asyncio.run(go())

@@ -9,7 +9,8 @@ integers do not survive JavaScript numbers), attributes as objects of strings.
 - ``GET /meshtrace/v1/traces?service=&operation=&kind=&attr=k=v&status=&minDuration=&maxDuration=
   &start=&end=&lookback=&limit=`` → ``{"traces": [summary, ...]}``, newest first
 - ``GET /meshtrace/v1/dependencies?start=&end=&lookback=`` → ``{"links": [{"parent", "child", "callCount"}]}``
-- ``GET /meshtrace/v1/stats[?start=&end=|lookback=]`` → ``{"spans", "traces"}`` stored for the caller's tenant
+- ``GET /meshtrace/v1/stats[?start=&end=|lookback=]`` → ``{"spans", "traces", "distinctSpans"}`` stored for the
+  caller's tenant (``spans`` > ``distinctSpans`` when senders delivered something twice)
 
 ``start``/``end``: nanoseconds since the epoch or RFC 3339; ``lookback``: a duration (default 1h).
 """
@@ -171,5 +172,5 @@ async def stats(
     request: Request, tenant: Tenant, start: str | None = None, end: str | None = None, lookback: str | None = None
 ) -> JSONResponse:
     time = _time(start, end, lookback) if (start or end or lookback) else None
-    spans, traces = await _query(request).count(tenant, time)
-    return JSONResponse({"tenant": tenant, "spans": spans, "traces": traces})
+    spans, traces, distinct = await _query(request).count(tenant, time)
+    return JSONResponse({"tenant": tenant, "spans": spans, "traces": traces, "distinctSpans": distinct})

@@ -6,6 +6,8 @@
 - ``start`` then ``shutdown``. ``shutdown`` flushes what the component holds, is safe to call without
   ``start``, and safe to call twice.
 - A processor wraps the next consumer; fan-out to several consumers is itself a consumer.
+- A consumer may also answer ``refusal()`` (an error, or None): receivers ask it before decoding a
+  request, so data that would be refused anyway (memory over its limit) costs no decoding.
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ from meshtrace.errors import PermanentError, RetryableError
 
 class Consumer(Protocol):
     async def consume(self, batch: Batch) -> None: ...
+
+
+def refusal(consumer: Consumer) -> RetryableError | None:
+    """The error a consumer would refuse data with right now, if it says so."""
+    ask = getattr(consumer, "refusal", None)
+    return ask() if ask is not None else None
 
 
 @dataclass(slots=True)
@@ -54,6 +62,9 @@ class Fanout:
 
     def __init__(self, consumers: Sequence[Consumer]) -> None:
         self.consumers = list(consumers)
+
+    def refusal(self) -> RetryableError | None:
+        return next((error for c in self.consumers if (error := refusal(c)) is not None), None)
 
     async def consume(self, batch: Batch) -> None:
         if len(self.consumers) == 1:

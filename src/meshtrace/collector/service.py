@@ -20,13 +20,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from meshtrace.collector.component import Component, Consumer, Fanout, Host
+from meshtrace.collector.component import Component, Consumer, Fanout, Host, refusal
 from meshtrace.collector.config import CollectorConfig, CollectorConfigError
 from meshtrace.collector.data import Batch, Signal
 from meshtrace.collector.extensions import HealthCheck
 from meshtrace.collector.receivers.common import Receiver
 from meshtrace.collector.registry import FACTORIES, load_builtins
 from meshtrace.collector.telemetry import Telemetry
+from meshtrace.errors import RetryableError
 from meshtrace.listen import HttpServer, bind, parse_address, serve_http
 
 log = logging.getLogger("meshtrace.collector")
@@ -47,6 +48,9 @@ class Copying:
 
     async def consume(self, batch: Batch) -> None:
         await self.consumer.consume(Batch(batch.signal, raw=batch.raw, items=batch.items))
+
+    def refusal(self) -> RetryableError | None:
+        return refusal(self.consumer)
 
 
 class Collector:

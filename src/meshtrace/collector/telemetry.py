@@ -36,6 +36,12 @@ class Telemetry:
             )
             for s in Signal
         }
+        self.refused_requests = Counter(
+            "otelcol_receiver_refused_requests",
+            "Requests refused before decoding (the pipeline was refusing).",
+            ["receiver", "transport"],
+            registry=r,
+        )
         self.sent = {
             s: Counter(
                 f"otelcol_exporter_sent_{s.item_name}",

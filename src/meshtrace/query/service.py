@@ -53,7 +53,7 @@ class QueryService:
     async def get_operations(self, tenant: str, service: str, kind: SpanKind | None = None) -> list[Operation]:
         return await self._run(self.reader.get_operations, tenant, service, kind)
 
-    async def count(self, tenant: str, time: TimeRange | None = None) -> tuple[int, int]:
+    async def count(self, tenant: str, time: TimeRange | None = None) -> tuple[int, int, int]:
         return await self._run(self.reader.count, tenant, time)
 
     async def get_dependencies(self, tenant: str, time: TimeRange) -> list[DependencyLink]:

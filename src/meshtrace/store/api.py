@@ -109,6 +109,7 @@ class TraceReader(Protocol):
         """Calls between services in the window: parent service → child service, with counts."""
         ...
 
-    def count(self, tenant: str, time: TimeRange | None = None) -> tuple[int, int]:
-        """Spans and distinct traces of a tenant (in a window, or all retained)."""
+    def count(self, tenant: str, time: TimeRange | None = None) -> tuple[int, int, int]:
+        """Spans, distinct traces and distinct spans of a tenant (in a window, or all retained); spans
+        exceed distinct spans when a sender delivered something twice."""
         ...

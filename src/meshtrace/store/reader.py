@@ -267,11 +267,13 @@ class ClickHouseReader:
         )
         return [DependencyLink(p, c, int(n)) for p, c, n in rows]
 
-    def count(self, tenant: str, time: TimeRange | None = None) -> tuple[int, int]:
+    def count(self, tenant: str, time: TimeRange | None = None) -> tuple[int, int, int]:
         where = Conditions(tenant)
         if time is not None:
             where.time(time)
         rows = self.engine.query(
-            f"SELECT count(), uniq(TraceId) FROM {self.schema.traces} WHERE {where.sql}", where.params
+            f"SELECT count(), uniqExact(TraceId), uniqExact(TraceId, SpanId) FROM {self.schema.traces} "
+            f"WHERE {where.sql}",
+            where.params,
         )
-        return int(rows[0][0]), int(rows[0][1])
+        return int(rows[0][0]), int(rows[0][1]), int(rows[0][2])

@@ -1,4 +1,5 @@
-"""Run ``meshtrace serve`` as a child process on random loopback ports (for tests and benchmarks)."""
+"""Run ``meshtrace serve`` and ``meshtrace collector`` as child processes on loopback ports (for tests and
+benchmarks); each reports its bound addresses through a ready file."""
 
 from __future__ import annotations
 
@@ -18,35 +19,40 @@ class ServerStartError(RuntimeError):
     """The server exited or did not become ready; the message carries its log."""
 
 
-class ServerProcess:
-    """One ``meshtrace serve`` process this program started, signalled only by its own PID."""
+class ChildProcess:
+    """A ``meshtrace`` child process this program started, signalled only by its own PID."""
 
-    def __init__(self, data_dir: Path, *args: str) -> None:
+    command = "serve"
+
+    def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        """``args`` follow the defaults (a repeated flag's last value wins); ``env`` adds variables."""
         self.data_dir = Path(data_dir)
         self.args = args
-        self.ready_file = self.data_dir / "ready.json"
-        self.log_path = self.data_dir / "server.log"
+        self.env = env or {}
+        self.ready_file = self.data_dir / f"{self.command}-ready.json"
+        self.log_path = self.data_dir / f"{self.command}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.addresses: dict[str, Any] = {}
         self._clients: dict[str | None, httpx.Client] = {}
 
-    def start(self, timeout: float = 60.0) -> ServerProcess:
+    def arguments(self) -> list[str]:
+        return [*self.args, "--ready-file", str(self.ready_file)]
+
+    def start(self, timeout: float = 60.0) -> ChildProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.ready_file.unlink(missing_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "meshtrace", "serve", "--data", str(self.data_dir),
-                 "--grpc", "127.0.0.1:0", "--otlp-http", "127.0.0.1:0", "--http", "127.0.0.1:0",
-                 "--ready-file", str(self.ready_file), *self.args],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200"},
+                [sys.executable, "-m", "meshtrace", self.command, *self.arguments()],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200", **self.env},
             )  # fmt: skip
         deadline = time.monotonic() + timeout
         while not self.ready_file.exists():
             if self.proc.poll() is not None:
-                raise ServerStartError(f"meshtrace serve exited with {self.proc.returncode}:\n{self.log()}")
+                raise ServerStartError(f"meshtrace {self.command} exited with {self.proc.returncode}:\n{self.log()}")
             if time.monotonic() > deadline:
                 self.kill()
-                raise ServerStartError(f"meshtrace serve not ready after {timeout}s:\n{self.log()}")
+                raise ServerStartError(f"meshtrace {self.command} not ready after {timeout}s:\n{self.log()}")
             time.sleep(0.05)
         self.addresses = orjson.loads(self.ready_file.read_bytes())
         return self
@@ -55,26 +61,6 @@ class ServerProcess:
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
-
-    @property
-    def grpc(self) -> str:
-        return self.addresses["grpc"]
-
-    @property
-    def otlp_http(self) -> str:
-        return f"http://{self.addresses['otlp_http']}"
-
-    @property
-    def http(self) -> str:
-        return f"http://{self.addresses['http']}"
-
-    def api(self, token: str | None = None) -> httpx.Client:
-        """A query API client sending ``token`` (kept until the server stops)."""
-        client = self._clients.get(token)
-        if client is None or client.base_url != httpx.URL(self.http):
-            headers = {"Authentication": token} if token else {}
-            client = self._clients[token] = httpx.Client(base_url=self.http, headers=headers, timeout=60)
-        return client
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -98,3 +84,42 @@ class ServerProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(30)
+
+
+class ServerProcess(ChildProcess):
+    """``meshtrace serve`` on random loopback ports, data in ``data_dir``."""
+
+    command = "serve"
+
+    def arguments(self) -> list[str]:
+        return ["--data", str(self.data_dir), "--grpc", "127.0.0.1:0", "--otlp-http", "127.0.0.1:0",
+                "--http", "127.0.0.1:0", *super().arguments()]  # fmt: skip
+
+    @property
+    def grpc(self) -> str:
+        return self.addresses["grpc"]
+
+    @property
+    def otlp_http(self) -> str:
+        return f"http://{self.addresses['otlp_http']}"
+
+    @property
+    def http(self) -> str:
+        return f"http://{self.addresses['http']}"
+
+    def api(self, token: str | None = None) -> httpx.Client:
+        """A query API client sending ``token`` (kept until the server stops)."""
+        client = self._clients.get(token)
+        if client is None or client.base_url != httpx.URL(self.http):
+            headers = {"Authentication": token} if token else {}
+            client = self._clients[token] = httpx.Client(base_url=self.http, headers=headers, timeout=60)
+        return client
+
+
+class CollectorProcess(ChildProcess):
+    """``meshtrace collector`` with the given ``--config``/``--set`` arguments."""
+
+    command = "collector"
+
+    def receiver(self, component_id: str = "otlp", protocol: str = "grpc") -> str:
+        return str(self.addresses[component_id][protocol])

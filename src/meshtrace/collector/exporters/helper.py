@@ -93,7 +93,8 @@ class Exporter(Component):
         if len(self._queue) + self._in_flight >= self.queue_settings.queue_size:
             self.telemetry.enqueue_failed[batch.signal].labels(self.component_id).inc(batch.items)
             raise RetryableError("sending queue is full", retry_after=1)
-        item = Queued(batch)
+        # The queue keeps the bytes only: a parsed message costs several times their size in memory.
+        item = Queued(Batch(batch.signal, raw=batch.raw, items=batch.items))
         if self._wal is not None:
             item.seq = self._wal.append(batch.signal.value, batch.items, batch.raw)
             self._wal.begin(item.seq, item.seq)  # outstanding until sent: the log's watermark waits for it

@@ -10,7 +10,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2, status_pb2
 from starlette.responses import Response
 
-from meshtrace.collector.component import Component, Consumer
+from meshtrace.collector.component import Component, Consumer, refusal
 from meshtrace.collector.data import Batch, Signal
 from meshtrace.collector.telemetry import Telemetry
 from meshtrace.errors import PayloadTooLarge, PermanentError, RetryableError, UnsupportedMedia
@@ -36,6 +36,14 @@ class Receiver(Component):
         self.telemetry = telemetry
         self.consumers: dict[Signal, Consumer] = {}
         self.addresses: dict[str, str] = {}
+
+    def admit(self, signal: Signal, transport: str) -> None:
+        """Refuse before decoding when the pipeline already refuses (e.g. memory over its limit)."""
+        consumer = self.consumers.get(signal)
+        error = refusal(consumer) if consumer is not None else None
+        if error is not None:
+            self.telemetry.refused_requests.labels(self.component_id, transport).inc()
+            raise error
 
     async def push(self, batch: Batch, transport: str) -> None:
         consumer = self.consumers.get(batch.signal)

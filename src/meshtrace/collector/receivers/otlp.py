@@ -98,6 +98,7 @@ class OtlpReceiver(Receiver):
     def _grpc_method(self, signal: Signal) -> Any:
         async def export(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             try:
+                self.admit(signal, "grpc")
                 await self.push(Batch.parse(signal, request), "grpc")
             except PermanentError as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
