@@ -49,17 +49,21 @@ class Failing:
         raise self.error
 
 
-def test_batch_merges_requests_and_acknowledges_only_after_downstream():
+def test_batch_before_a_persistent_queue_acknowledges_only_after_handing_over():
     async def go():
         sink = Sink()
         batcher = BatchProcessor(
-            "batch", settings("processor", "batch", {"send_batch_size": 20, "timeout": "50ms"}), sink, Telemetry()
+            "batch",
+            settings("processor", "batch", {"send_batch_size": 20, "timeout": "50ms"}),
+            sink,
+            Telemetry(),
+            durable_downstream=True,
         )
         await asyncio.gather(*(batcher.consume(trace_batch(i)) for i in range(3)))  # 27 spans ≥ 20: one flush
         assert [b.items for b in sink.batches] == [27]
         assert sink.batches[0].message.resource_spans  # concatenated bytes parse as one request
         started = time.monotonic()
-        await batcher.consume(trace_batch(9))  # alone: waits for the timeout
+        await batcher.consume(trace_batch(9))  # alone: waits for the timeout, then is handed over
         assert time.monotonic() - started >= 0.04
         assert [b.items for b in sink.batches] == [27, 9]
         await batcher.shutdown()
@@ -67,16 +71,42 @@ def test_batch_merges_requests_and_acknowledges_only_after_downstream():
     asyncio.run(go())
 
 
-def test_batch_passes_downstream_errors_back_to_every_contributor():
+def test_batch_before_a_persistent_queue_passes_errors_back_to_every_contributor():
     async def go():
         batcher = BatchProcessor(
             "batch",
             settings("processor", "batch", {"send_batch_size": 18}),
             Failing(RetryableError("queue full")),
             Telemetry(),
+            durable_downstream=True,
         )
         results = await asyncio.gather(*(batcher.consume(trace_batch(i)) for i in range(2)), return_exceptions=True)
         assert all(isinstance(r, RetryableError) for r in results)
+
+    asyncio.run(go())
+
+
+def test_batch_before_memory_queues_acknowledges_on_buffering_and_pushes_back_when_refused():
+    async def go():
+        sink = Sink()
+        batcher = BatchProcessor(
+            "batch", settings("processor", "batch", {"send_batch_size": 1000, "timeout": "1s"}), sink, Telemetry()
+        )
+        started = time.monotonic()
+        await batcher.consume(trace_batch(1))
+        assert time.monotonic() - started < 0.5  # not held for the timeout
+        await batcher.shutdown()  # flushes what it holds
+        assert sink.items == 9
+        refusing = BatchProcessor(
+            "batch",
+            settings("processor", "batch", {"send_batch_size": 9}),
+            Failing(RetryableError("sending queue is full")),
+            Telemetry(),
+        )
+        await refusing.consume(trace_batch(2))  # accepted; the flush it triggers is refused downstream
+        await asyncio.sleep(0.05)
+        with pytest.raises(RetryableError, match="sending queue is full"):
+            await refusing.consume(trace_batch(3))  # so new data is refused until a flush succeeds
 
     asyncio.run(go())
 

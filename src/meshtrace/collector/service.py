@@ -37,6 +37,7 @@ log = logging.getLogger("meshtrace.collector")
 class BuildContext:
     telemetry: Telemetry
     next_consumer: Consumer | None = None
+    durable_downstream: bool = False  # an exporter of the pipeline keeps its queue on disk
 
 
 class Copying:
@@ -67,9 +68,10 @@ class Collector:
         self._started: list[Component] = []
         self._build()
 
-    def _create(self, kind: str, component: Any, next_consumer: Consumer | None = None) -> Any:
+    def _create(self, kind: str, component: Any, next_consumer: Consumer | None = None, durable: bool = False) -> Any:
         factory = FACTORIES[(kind, component.type)]
-        return factory.create(component.id, component.settings, BuildContext(self.telemetry, next_consumer))
+        context = BuildContext(self.telemetry, next_consumer, durable)
+        return factory.create(component.id, component.settings, context)
 
     def _build(self) -> None:
         config = self.config
@@ -84,9 +86,10 @@ class Collector:
                     self._check_storage(exp_id)
                 exporters.append(self.exporters[exp_id])
             head: Consumer = Fanout(exporters)  # type: ignore[arg-type]
+            durable = any(self._storage_of(exp_id) for exp_id in pipeline.exporters)
             processors: list[Component] = []
             for proc_id in reversed(pipeline.processors):
-                processor = self._create("processor", config.processors[proc_id], head)
+                processor = self._create("processor", config.processors[proc_id], head, durable)
                 processors.insert(0, processor)
                 head = processor
             self.pipelines[pipeline.id] = processors
@@ -98,9 +101,12 @@ class Collector:
             consumer: Consumer = consumers[0] if len(consumers) == 1 else Fanout([Copying(c) for c in consumers])
             self.receivers[rec_id].consumers[signal] = consumer
 
-    def _check_storage(self, exporter_id: str) -> None:
+    def _storage_of(self, exporter_id: str) -> str | None:
         queue = getattr(self.config.exporters[exporter_id].settings, "sending_queue", None)
-        storage = getattr(queue, "storage", None) if queue is not None and queue.enabled else None
+        return getattr(queue, "storage", None) if queue is not None and queue.enabled else None
+
+    def _check_storage(self, exporter_id: str) -> None:
+        storage = self._storage_of(exporter_id)
         if storage is None:
             return
         component = self.config.extensions.get(storage)
