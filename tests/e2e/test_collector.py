@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -281,3 +282,48 @@ service:
     assert accepted > 10
     assert peak < limit, f"peak {peak:.0f} MiB over the {limit} MiB limit"
     assert collector.stop() == 0
+
+
+def test_zipkin_in_otlphttp_and_file_out(tmp_path, servers, collectors):
+    backend = servers(tmp_path / "backend", *token_args(), "--flush-interval", "50ms")
+    out = tmp_path / "spans.jsonl"
+    config = tmp_path / "zipkin.yaml"
+    config.write_text(f"""
+receivers:
+  zipkin: {{endpoint: 127.0.0.1:0}}
+processors:
+  attributes: {{actions: [{{key: cluster, value: kind, action: insert}}]}}
+exporters:
+  otlphttp:
+    endpoint: {backend.otlp_http}
+    headers: {{Authorization: "Bearer {TOKENS["acme"]}"}}
+  file: {{path: {out}}}
+service:
+  telemetry: {{metrics: {{level: none}}}}
+  pipelines:
+    traces: {{receivers: [zipkin], processors: [attributes], exporters: [otlphttp, file]}}
+""")
+    collector = collectors(tmp_path / "collector", "--config", str(config))
+    now_us = time.time_ns() // 1000
+    spans = [
+        {
+            "traceId": "c1" * 16,
+            "id": f"{i:016x}",
+            "name": f"op-{i}",
+            "kind": "SERVER",
+            "timestamp": now_us,
+            "duration": 1000,
+            "localEndpoint": {"serviceName": "zipkin-svc"},
+        }
+        for i in range(1, 6)
+    ]
+    response = httpx.post(f"http://{collector.receiver('zipkin', 'http')}/api/v2/spans", json=spans)
+    assert response.status_code == 202
+    wait_until(lambda: stored(backend)[2] == 5)
+    trace = backend.api().get(f"/api/traces/{'c1' * 16}").json()["data"][0]
+    assert {t["key"]: t["value"] for t in trace["spans"][0]["tags"]}["cluster"] == "kind"
+    assert collector.stop() == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    written = [s for line in lines for rs in line["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]]
+    assert sorted(s["spanId"] for s in written) == [f"{i:016x}" for i in range(1, 6)]
+    assert written[0]["traceId"] == "c1" * 16  # OTLP/JSON: hex ids
