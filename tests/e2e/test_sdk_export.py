@@ -197,9 +197,11 @@ def test_zipkin_as_istio_sends_it(server: ServerProcess) -> None:
 
 @pytest.mark.parametrize("path", ["/api/services", "/meshtrace/v1/services"])
 def test_search_and_metadata_routes(server: ServerProcess, path: str) -> None:
+    exporter = GrpcExporter(endpoint=server.grpc, insecure=True, headers={"authentication": TOKENS["acme"]})
+    emit(exporter, "routes.e2e")
     # services and operations come from a view of the insert, committed just after the spans themselves
-    response = wait_until(lambda: (r := server.api().get(path)).status_code == 200 and "sdk-grpc.e2e" in r.text and r)
-    assert "sdk-grpc.e2e" in json.dumps(response.json())
+    response = wait_until(lambda: (r := server.api().get(path)).status_code == 200 and "routes.e2e" in r.text and r)
+    assert "routes.e2e" in json.dumps(response.json())
 
 
 def test_jaeger_search_parameters(server: ServerProcess) -> None:
