@@ -7,6 +7,7 @@ import os
 from typing import Any, Literal
 
 import orjson
+from pydantic import model_validator
 
 from meshtrace.collector.component import Component, Host
 from meshtrace.collector.data import Batch
@@ -21,8 +22,15 @@ class FileSettings(Settings):
     append: bool = False
     flush_interval: Seconds = 1.0
     rotation: Any = None
-    compression: Literal["", "zstd"] = ""
+    compression: Literal[""] = ""
     group_by: Any = None
+
+    @model_validator(mode="after")
+    def _supported(self) -> FileSettings:
+        for key in ("rotation", "group_by"):
+            if getattr(self, key) is not None:
+                raise ValueError(f"'{key}' is not supported by meshtrace collector")
+        return self
 
 
 class FileExporter(Component):

@@ -8,6 +8,8 @@
   ``max_interval``, at least the server's own retry delay) until ``max_elapsed_time``; then the data is
   dropped and counted. Permanent errors (INVALID_ARGUMENT, 400, 401, ...) are dropped at once.
 - ``timeout``: the limit of one attempt.
+- Shutdown: a persistent queue keeps what it holds for the next start; a memory queue gets one last
+  attempt per request (no more backoff), within 5 seconds, and reports what it could not send.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from pydantic import model_validator
 
 from meshtrace.collector.component import Component, Host
 from meshtrace.collector.data import Batch, Signal
@@ -39,6 +43,14 @@ class QueueSettings(Settings):
     blocking: bool = False
     wait_for_result: bool = False
     batch: Any = None
+
+    @model_validator(mode="after")
+    def _supported(self) -> QueueSettings:
+        if self.batch is not None:
+            raise ValueError("'batch' (batching inside the queue) is not supported; use the batch processor")
+        if self.sizer != "requests":
+            raise ValueError("only the 'requests' sizer is supported")
+        return self
 
 
 class RetrySettings(Settings):
@@ -165,7 +177,7 @@ class Exporter(Component):
             elapsed = time.monotonic() - started
             if self._stopping and self._wal is not None:
                 raise _KeepForLater from error
-            if not self.retry.enabled or elapsed + delay > self.retry.max_elapsed_time:
+            if not self.retry.enabled or elapsed + delay > self.retry.max_elapsed_time or self._stopping:
                 failed.labels(self.component_id).inc(batch.items)
                 log.error(
                     "%s: dropping %d %s after %.0fs of retries: %s",
@@ -221,8 +233,8 @@ class Exporter(Component):
         self._ready.set()
         if self._workers:
             persistent = self._wal is not None
-            # A memory queue is drained (bounded by one retry round); a persistent one keeps it for later.
-            limit = 1.0 if persistent else max(self.timeout * 2, 5.0)
+            # A memory queue gets one last attempt per request, within 5 s; a persistent one keeps it for later.
+            limit = 1.0 if persistent else 5.0
             _, pending = await asyncio.wait(self._workers, timeout=limit)
             for task in pending:
                 task.cancel()
