@@ -74,7 +74,21 @@ def http_server(app: Any) -> HttpServer:
     return HttpServer(config)
 
 
-async def serve_http(app: Any, sock: socket.socket) -> tuple[HttpServer, asyncio.Task[None]]:
+@dataclass(slots=True)
+class RunningHttp:
+    """An HTTP server started by ``serve_http``."""
+
+    server: HttpServer
+    task: asyncio.Task[None]
+    address: str
+
+    async def stop(self) -> None:
+        """Finish requests in flight, then close (safe to call twice)."""
+        self.server.should_exit = True
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+async def serve_http(app: Any, sock: socket.socket) -> RunningHttp:
     """Start an HTTP server on a bound socket; returns once it accepts connections (or raises)."""
     server = http_server(app)
     task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -83,4 +97,4 @@ async def serve_http(app: Any, sock: socket.socket) -> tuple[HttpServer, asyncio
             await task
             raise OSError(f"the HTTP server on {shown(sock)} stopped during start")
         await asyncio.sleep(0.01)
-    return server, task
+    return RunningHttp(server, task, shown(sock))

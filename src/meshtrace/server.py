@@ -25,7 +25,7 @@ from meshtrace.ingest.auth import TokenAuth
 from meshtrace.ingest.grpc_server import TraceServiceHandler, create_server
 from meshtrace.ingest.http_app import OtlpHttpApp
 from meshtrace.ingest.service import IngestService
-from meshtrace.listen import Address, HttpServer, bind, serve_http, shown
+from meshtrace.listen import Address, RunningHttp, bind, serve_http, shown
 from meshtrace.metrics import Metrics
 from meshtrace.query.service import QueryService
 from meshtrace.store import Store, StoreSize
@@ -68,8 +68,7 @@ class Backend:
         self.auth = TokenAuth(tokens, enabled=not config.no_auth)
         self.store: Store | None = None
         self._grpc: grpc.aio.Server | None = None
-        self._servers: list[HttpServer] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self._servers: list[RunningHttp] = []
         self._stop = asyncio.Event()
         self._started = False
 
@@ -139,9 +138,7 @@ class Backend:
         query_app = create_app(QueryService(store.reader), self.auth, self.metrics, self.readiness)
         otlp_app = OtlpHttpApp(ingest, self.auth, config.max_body_bytes).app
         for app, sock in ((otlp_app, socks["otlp_http"]), (query_app, socks["http"])):
-            server, task = await serve_http(app, sock)
-            self._servers.append(server)
-            self._tasks.append(task)
+            self._servers.append(await serve_http(app, sock))
         self._started = True
         grpc_shown = str(Address(grpc_address.host, grpc_port))
         return Endpoints(grpc_shown, shown(socks["otlp_http"]), shown(socks["http"]))
@@ -155,10 +152,10 @@ class Backend:
     async def stop(self) -> None:
         log.info("stopping: finishing requests in flight")
         for server in self._servers:
-            server.should_exit = True
+            server.server.should_exit = True
         if self._grpc is not None:
             await self._grpc.stop(grace=5)
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*(server.stop() for server in self._servers))
         if self.store is not None:
             pending = self.store.writer.pending_spans
             if pending:

@@ -25,7 +25,7 @@ from meshtrace.collector.component import Component, Host
 from meshtrace.collector.registry import NO_SIGNALS, Factory, register
 from meshtrace.collector.settings import Endpoint, Seconds, Settings
 from meshtrace.errors import PermanentError
-from meshtrace.listen import HttpServer, bind, parse_address, serve_http
+from meshtrace.listen import RunningHttp, bind, parse_address, serve_http
 
 
 class HealthCheckSettings(Settings):
@@ -57,8 +57,7 @@ class HealthCheck(Component):
         self.since = datetime.now(UTC)
         self.started_at = time.monotonic()
         self.address = ""
-        self._server: HttpServer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._http: RunningHttp | None = None
 
     async def status(self, request: Request) -> Response:
         if self.ready:
@@ -72,17 +71,14 @@ class HealthCheck(Component):
 
     async def start(self, host: Host) -> None:
         sock = bind(parse_address(self.settings.endpoint), self.component_id)
-        self._server, self._task = await serve_http(Starlette(routes=[Route(self.settings.path, self.status)]), sock)
-        host_, port = sock.getsockname()[:2]
-        self.address = f"{host_}:{port}"
+        self._http = await serve_http(Starlette(routes=[Route(self.settings.path, self.status)]), sock)
+        self.address = self._http.address
 
     async def shutdown(self) -> None:
         self.ready = False
-        if self._server is not None:
-            self._server.should_exit = True
-            if self._task is not None:
-                await asyncio.gather(self._task, return_exceptions=True)
-            self._server = None
+        if self._http is not None:
+            await self._http.stop()
+            self._http = None
 
 
 class FileStorageSettings(Settings):

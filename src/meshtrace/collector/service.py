@@ -28,7 +28,7 @@ from meshtrace.collector.receivers.common import Receiver
 from meshtrace.collector.registry import FACTORIES, load_builtins
 from meshtrace.collector.telemetry import Telemetry
 from meshtrace.errors import RetryableError
-from meshtrace.listen import HttpServer, bind, parse_address, serve_http
+from meshtrace.listen import RunningHttp, bind, parse_address, serve_http
 
 log = logging.getLogger("meshtrace.collector")
 
@@ -64,7 +64,7 @@ class Collector:
         self.pipelines: dict[str, list[Component]] = {}
         self.receivers: dict[str, Receiver] = {}
         self.telemetry_address = ""
-        self._metrics: tuple[HttpServer, asyncio.Task[None]] | None = None
+        self._metrics: RunningHttp | None = None
         self._started: list[Component] = []
         self._build()
 
@@ -145,8 +145,7 @@ class Collector:
 
         sock = bind(parse_address(address), "service::telemetry::metrics")
         self._metrics = await serve_http(Starlette(routes=[Route("/metrics", metrics)]), sock)
-        host, port = sock.getsockname()[:2]
-        self.telemetry_address = f"{host}:{port}"
+        self.telemetry_address = self._metrics.address
 
     async def shutdown(self) -> None:
         for extension in self.extensions.values():
@@ -166,9 +165,7 @@ class Collector:
                 except Exception:
                     log.exception("%s: shutdown failed", component.component_id)
         if self._metrics is not None:
-            server, task = self._metrics
-            server.should_exit = True
-            await asyncio.gather(task, return_exceptions=True)
+            await self._metrics.stop()
             self._metrics = None
         self._started = []
 

@@ -10,7 +10,6 @@ protocol (as in older configs written for Kubernetes) listens on ``0.0.0.0``, wi
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -29,7 +28,7 @@ from meshtrace.collector.settings import Endpoint, Settings
 from meshtrace.collector.telemetry import Telemetry
 from meshtrace.errors import IngestError, PermanentError, RetryableError, UnsupportedMedia
 from meshtrace.ingest.body import decode_content, read_limited
-from meshtrace.listen import HttpServer, bind, parse_address, serve_http
+from meshtrace.listen import RunningHttp, bind, parse_address, serve_http
 from meshtrace.model.otlp_json import parse_otlp_json_request
 
 log = logging.getLogger(__name__)
@@ -90,8 +89,7 @@ class OtlpReceiver(Receiver):
         super().__init__(component_id, telemetry)
         self.settings = settings
         self._grpc: grpc.aio.Server | None = None
-        self._http: HttpServer | None = None
-        self._http_task: asyncio.Task[None] | None = None
+        self._http: RunningHttp | None = None
 
     # -- gRPC --------------------------------------------------------------------------------------
 
@@ -161,9 +159,8 @@ class OtlpReceiver(Receiver):
         }
         routes = [Route(paths[s], self._http_route(s, settings), methods=["POST"]) for s in self.consumers]
         sock = bind(parse_address(settings.endpoint), f"{self.component_id} http")
-        self._http, self._http_task = await serve_http(Starlette(routes=routes), sock)
-        host, port = sock.getsockname()[:2]
-        self.addresses["http"] = f"{host}:{port}"
+        self._http = await serve_http(Starlette(routes=routes), sock)
+        self.addresses["http"] = self._http.address
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -177,9 +174,7 @@ class OtlpReceiver(Receiver):
 
     async def shutdown(self) -> None:
         if self._http is not None:
-            self._http.should_exit = True
-            if self._http_task is not None:
-                await asyncio.gather(self._http_task, return_exceptions=True)
+            await self._http.stop()
             self._http = None
         if self._grpc is not None:
             await self._grpc.stop(grace=5)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from starlette.applications import Starlette
@@ -18,7 +17,7 @@ from meshtrace.collector.settings import Endpoint, Settings
 from meshtrace.collector.telemetry import Telemetry
 from meshtrace.errors import IngestError, PermanentError, RetryableError
 from meshtrace.ingest.body import decode_content, read_limited
-from meshtrace.listen import HttpServer, bind, parse_address, serve_http
+from meshtrace.listen import RunningHttp, bind, parse_address, serve_http
 from meshtrace.model.zipkin import parse_zipkin_json
 
 log = logging.getLogger(__name__)
@@ -34,8 +33,7 @@ class ZipkinReceiver(Receiver):
     def __init__(self, component_id: str, settings: ZipkinReceiverSettings, telemetry: Telemetry) -> None:
         super().__init__(component_id, telemetry)
         self.settings = settings
-        self._server: HttpServer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._http: RunningHttp | None = None
 
     async def spans(self, request: Request) -> Response:
         try:
@@ -51,17 +49,14 @@ class ZipkinReceiver(Receiver):
     async def start(self, host: Host) -> None:
         sock = bind(parse_address(self.settings.endpoint), f"{self.component_id}")
         app = Starlette(routes=[Route("/api/v2/spans", self.spans, methods=["POST"])])
-        self._server, self._task = await serve_http(app, sock)
-        host_, port = sock.getsockname()[:2]
-        self.addresses["http"] = f"{host_}:{port}"
+        self._http = await serve_http(app, sock)
+        self.addresses["http"] = self._http.address
         log.info("%s listening: http %s", self.component_id, self.addresses["http"])
 
     async def shutdown(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-            if self._task is not None:
-                await asyncio.gather(self._task, return_exceptions=True)
-            self._server = None
+        if self._http is not None:
+            await self._http.stop()
+            self._http = None
 
 
 register(
