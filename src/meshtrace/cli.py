@@ -282,4 +282,7 @@ def version() -> None:
 
 
 def main() -> None:
+    from meshtrace.mesh.cli import register
+
+    register(app)
     app()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,8 +33,22 @@ def parse_address(text: str, *, default_host: str = "0.0.0.0") -> Address:
     return Address(host.strip("[]") or default_host, int(port))
 
 
+def in_pod(address: Address) -> Address:
+    """Inside a pod of the local mesh (``MESHTRACE_POD_IP`` set), a wildcard address means the pod's IP and
+    a loopback address the pod's own loopback, as a pod's network namespace would have it."""
+    pod_ip = os.environ.get("MESHTRACE_POD_IP")
+    if not pod_ip:
+        return address
+    if address.host in ("0.0.0.0", "", "::"):
+        return Address(pod_ip, address.port)
+    if address.host in ("localhost", "127.0.0.1", "::1"):
+        return Address(os.environ.get("MESHTRACE_POD_LOCALHOST", pod_ip), address.port)
+    return address
+
+
 def bind(address: Address, what: str) -> socket.socket:
     """A listening TCP socket (port 0 picks a free one); ``ConfigError`` naming ``what`` if taken."""
+    address = in_pod(address)
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -28,7 +28,7 @@ from meshtrace.collector.settings import Endpoint, Settings
 from meshtrace.collector.telemetry import Telemetry
 from meshtrace.errors import IngestError, PermanentError, RetryableError, UnsupportedMedia
 from meshtrace.ingest.body import decode_content, read_limited
-from meshtrace.listen import RunningHttp, bind, parse_address, serve_http
+from meshtrace.listen import RunningHttp, bind, in_pod, parse_address, serve_http
 from meshtrace.model.otlp_json import parse_otlp_json_request
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class OtlpReceiver(Receiver):
             for signal in self.consumers
         ]
         server.add_generic_rpc_handlers(tuple(handlers))
-        address = parse_address(settings.endpoint)
+        address = in_pod(parse_address(settings.endpoint))
         try:
             port = server.add_insecure_port(str(address))
         except RuntimeError as exc:

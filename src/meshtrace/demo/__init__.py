@@ -1,0 +1,1 @@
+"""Demo applications that run inside the local mesh."""

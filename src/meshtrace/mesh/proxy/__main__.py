@@ -1,0 +1,5 @@
+import sys
+
+from meshtrace.mesh.proxy.main import main
+
+sys.exit(main())

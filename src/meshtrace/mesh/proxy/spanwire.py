@@ -1,0 +1,105 @@
+"""OTLP protobuf bytes for the proxy's spans, written directly.
+
+Building spans through the protobuf library's Python API costs about 22 µs per span with Envoy's
+twenty-odd attributes, as much as proxying the request itself; writing the few fixed fields and the
+string attributes as bytes costs about 4 µs, and the attributes that never change for a listener and
+cluster are encoded once. ``tests/mesh/test_spanwire.py`` checks every encoding against the protobuf
+library. Field numbers: ``opentelemetry/proto/trace/v1/trace.proto``.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+
+_FIXED64 = struct.Struct("<Q").pack
+_ONE_BYTE = [bytes([n]) for n in range(128)]
+
+# Span kinds and status codes, as in trace.proto.
+SERVER = 2
+CLIENT = 3
+STATUS_UNSET = 0
+STATUS_ERROR = 2
+
+
+def varint(value: int) -> bytes:
+    if value < 128:
+        return _ONE_BYTE[value]
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    return tag + varint(len(payload)) + payload
+
+
+def attribute_key(key: str) -> bytes:
+    """The start of a ``KeyValue`` for ``key``, to be completed by ``string_attribute``."""
+    return b"\x0a" + varint(len(key.encode())) + key.encode() + b"\x12"
+
+
+def string_attribute(key_prefix: bytes, value: str) -> bytes:
+    """One ``Span.attributes`` entry (field 9) with a string value."""
+    raw = value.encode()
+    any_value = b"\x0a" + varint(len(raw)) + raw
+    key_value = key_prefix + varint(len(any_value)) + any_value
+    return b"\x4a" + varint(len(key_value)) + key_value
+
+
+def string_attributes(pairs: Iterable[tuple[str, str]]) -> bytes:
+    """Attributes encoded once (the ones fixed for a listener and cluster)."""
+    return b"".join(string_attribute(attribute_key(k), v) for k, v in pairs)
+
+
+def span_name(name: str) -> bytes:
+    return _field(b"\x2a", name.encode())
+
+
+def encode_span(
+    trace_id: bytes,
+    span_id: bytes,
+    parent_span_id: bytes,
+    name: bytes,
+    kind: int,
+    start_ns: int,
+    end_ns: int,
+    attributes: bytes,
+    status: int,
+    trace_state: str = "",
+    flags: int = 0,
+) -> bytes:
+    """A ``Span`` message; ``name`` comes from ``span_name`` and ``attributes`` is encoded entries."""
+    parts = [b"\x0a\x10", trace_id, b"\x12\x08", span_id]
+    if trace_state:
+        parts.append(_field(b"\x1a", trace_state.encode()))
+    if parent_span_id:
+        parts += (b"\x22\x08", parent_span_id)
+    parts += (name, b"\x30", _ONE_BYTE[kind], b"\x39", _FIXED64(start_ns), b"\x41", _FIXED64(end_ns), attributes)
+    if status:
+        parts += (b"\x7a\x02\x18", _ONE_BYTE[status])
+    if flags:
+        parts += (b"\x85\x01", struct.pack("<I", flags))
+    return b"".join(parts)
+
+
+def resource(attributes: Sequence[tuple[str, str]]) -> bytes:
+    """A ``Resource`` message with string attributes (each ``KeyValue`` is field 1 here)."""
+    entries = []
+    for key, value in attributes:
+        raw = value.encode()
+        any_value = b"\x0a" + varint(len(raw)) + raw
+        key_value = attribute_key(key) + varint(len(any_value)) + any_value
+        entries.append(_field(b"\x0a", key_value))
+    return b"".join(entries)
+
+
+def export_request(resource_message: bytes, spans: Sequence[bytes]) -> bytes:
+    """An ``ExportTraceServiceRequest``: one ``ResourceSpans`` with one ``ScopeSpans`` whose scope is
+    empty, as Envoy sends."""
+    scope_spans = b"".join(_field(b"\x12", span) for span in spans)
+    resource_spans = _field(b"\x0a", resource_message) + _field(b"\x12", scope_spans)
+    return _field(b"\x0a", resource_spans)

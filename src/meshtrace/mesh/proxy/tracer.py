@@ -1,0 +1,447 @@
+"""Envoy's tracing in Istio, one request at a time: request IDs, the sampling decision, W3C/B3 context,
+spans with Envoy's and Istio's tags.
+
+References: Envoy ``source/extensions/request_id/uuid`` (the trace reason packed into the x-request-id),
+``ConnectionManagerUtility::mutateTracingRequestHeader`` (the decision), the OpenTelemetry and Zipkin
+tracers (context and sampled flag inherited from the parent), ``HttpTracerUtility`` (tags, in its order)
+and Istio's ``tracing.go`` (Istio tags, custom tags sorted by name).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from meshtrace.mesh.proxy import spanwire
+from meshtrace.mesh.proxy.config import Cluster, Node, TracingSpec
+
+# The trace reason Envoy writes into character 14 of the x-request-id (the UUID version nibble).
+NOT_TRACED = "4"
+SAMPLED = "9"
+FORCED = "a"
+CLIENT_FORCED = "b"
+_TRACED = frozenset((SAMPLED, FORCED, CLIENT_FORCED))
+
+ENVOY_VERSION = "1.36.2"
+_getrandbits = random.getrandbits
+_time_ns = time.time_ns
+
+
+def new_request_id() -> str:
+    """A UUIDv4 string; its version nibble doubles as "not traced yet"."""
+    value = _getrandbits(128)
+    h = f"{value:032x}"
+    variant = "89ab"[value & 3]
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}"
+
+
+def trace_reason(request_id: str) -> str:
+    return request_id[14] if len(request_id) == 36 else ""
+
+
+def with_reason(request_id: str, reason: str) -> str:
+    return request_id[:14] + reason + request_id[15:]
+
+
+def request_id_bucket(request_id: str) -> int | None:
+    """The first 8 hex digits modulo 10000, Envoy's ``modBy``; ``None`` for a malformed id."""
+    if len(request_id) != 36:
+        return None
+    try:
+        return int(request_id[:8], 16) % 10000
+    except ValueError:
+        return None
+
+
+def decide(request_id: str, threshold: int, use_request_id: bool, client_trace: bool, force: bool) -> str:
+    """The request id after the sampling decision (``threshold`` = percentage × 100, of 10000)."""
+    if not use_request_id:
+        return request_id
+    bucket = request_id_bucket(request_id)
+    if bucket is None or trace_reason(request_id) != NOT_TRACED:
+        return request_id
+    if client_trace:
+        return with_reason(request_id, CLIENT_FORCED)
+    if force:
+        return with_reason(request_id, FORCED)
+    if bucket < threshold:
+        return with_reason(request_id, SAMPLED)
+    return request_id
+
+
+def parse_traceparent(value: bytes) -> tuple[bytes, bytes, bool] | None:
+    """``00-<32 hex>-<16 hex>-<2 hex>`` → (trace id, parent span id, sampled); ``None`` if invalid."""
+    if len(value) < 55 or value[2:3] != b"-" or value[35:36] != b"-" or value[52:53] != b"-":
+        return None
+    version = value[:2]
+    if version == b"ff" or (version == b"00" and len(value) != 55):
+        return None
+    try:
+        trace_id = bytes.fromhex(value[3:35].decode())
+        span_id = bytes.fromhex(value[36:52].decode())
+        flags = int(value[53:55], 16)
+    except ValueError:
+        return None
+    if not any(trace_id) or not any(span_id):
+        return None
+    return trace_id, span_id, bool(flags & 1)
+
+
+def parse_b3(headers: dict[bytes, bytes]) -> tuple[bytes, bytes, bool | None] | None:
+    """B3 multi-header or single-header context → (trace id, span id, sampled or ``None`` if unset)."""
+    single = headers.get(b"b3")
+    if single:
+        parts = single.split(b"-")
+        if len(parts) == 1:
+            return None
+        try:
+            trace_id = bytes.fromhex(parts[0].decode().rjust(32, "0"))
+            span_id = bytes.fromhex(parts[1].decode())
+        except ValueError:
+            return None
+        sampled = None if len(parts) < 3 else parts[2] in (b"1", b"d")
+        return (trace_id, span_id, sampled) if len(span_id) == 8 and len(trace_id) == 16 else None
+    trace_hex, span_hex = headers.get(b"x-b3-traceid"), headers.get(b"x-b3-spanid")
+    if not trace_hex or not span_hex:
+        return None
+    try:
+        trace_id = bytes.fromhex(trace_hex.decode().rjust(32, "0"))
+        span_id = bytes.fromhex(span_hex.decode())
+    except ValueError:
+        return None
+    if len(trace_id) != 16 or len(span_id) != 8:
+        return None
+    flag = headers.get(b"x-b3-sampled")
+    if headers.get(b"x-b3-flags") == b"1":
+        return trace_id, span_id, True
+    return trace_id, span_id, None if flag is None else flag in (b"1", b"true")
+
+
+def _new_id(size: int) -> bytes:
+    while True:
+        value = _getrandbits(size * 8)
+        if value:
+            return value.to_bytes(size, "big")
+
+
+class Span:
+    """A span in flight; ``finish`` turns it into bytes for the exporter."""
+
+    __slots__ = ("kind", "name", "parent_id", "sampled", "span_id", "start_ns", "trace_id", "trace_state")
+
+    def __init__(
+        self, trace_id: bytes, span_id: bytes, parent_id: bytes, sampled: bool, kind: int, name: str, state: str
+    ) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_id = parent_id
+        self.sampled = sampled
+        self.kind = kind
+        self.name = name
+        self.trace_state = state
+        self.start_ns = _time_ns()
+
+
+@dataclass(slots=True)
+class Finished:
+    """What a request left for its span's tags."""
+
+    request_id: str
+    url: str
+    method: str
+    user_agent: str
+    peer_address: str
+    request_size: int
+    response_size: int
+    status: int
+    flags: str
+    cluster: Cluster | None
+    upstream_address: str
+    client_trace_id: str = ""
+    headers: dict[bytes, bytes] | None = None
+
+
+_KEYS = {
+    k: spanwire.attribute_key(k)
+    for k in (
+        "guid:x-request-id", "http.url", "http.method", "user_agent", "peer.address", "guid:x-client-trace-id",
+        "request_size", "response_size", "http.status_code", "response_flags", "upstream_address",
+    )
+}  # fmt: skip
+_STATIC = {
+    "downstream_cluster": spanwire.string_attributes([("downstream_cluster", "-")]),
+    "http.protocol": spanwire.string_attributes([("http.protocol", "HTTP/1.1")]),
+    "component": spanwire.string_attributes([("component", "proxy")]),
+    "error": spanwire.string_attributes([("error", "true")]),
+}
+
+
+class SideTracer:
+    """One side's Telemetry spec compiled for the hot path; ``None`` spec means tracing is off."""
+
+    def __init__(self, spec: TracingSpec | None, node: Node, sink: Callable[[Any], None] | None) -> None:
+        self.spec = spec
+        self.enabled = spec is not None
+        self.sink = sink
+        self.node = node
+        if spec is None:
+            self.threshold = 0
+            return
+        self.threshold = round(spec.sampling * 100)
+        self.use_request_id = spec.use_request_id
+        self.propagate = not spec.disable_context_propagation
+        self.report = not spec.disable_span_reporting and sink is not None
+        self.zipkin = spec.provider.kind == "zipkin"
+        self.w3c = not self.zipkin or spec.provider.b3_with_w3c
+        self.max_tag_length = spec.provider.max_tag_length
+        self.header_tags = tuple(t for t in spec.custom_tags if t.kind == "header")
+        fixed = self._fixed_tags()
+        self.fixed_tags = fixed
+        self.fixed_bytes = spanwire.string_attributes(fixed)
+        self.start_bytes = spanwire.string_attributes([("node_id", node.id), ("zone", "")])
+        self._cluster_bytes: dict[str, bytes] = {}
+        self._names: dict[str, bytes] = {}
+
+    def _fixed_tags(self) -> list[tuple[str, str]]:
+        """Istio's tags and the literal/environment custom tags: the same on every span, sorted by name."""
+        assert self.spec is not None
+        tags: dict[str, str] = {}
+        if self.spec.istio_tags:
+            tags.update({
+                "istio.canonical_revision": self.node.canonical_revision,
+                "istio.canonical_service": self.node.canonical_service,
+                "istio.mesh_id": self.node.mesh_id,
+                "istio.namespace": self.node.namespace,
+                "istio.cluster_id": self.node.cluster_id,
+            })  # fmt: skip
+        for tag in self.spec.custom_tags:
+            if tag.kind == "literal":
+                tags[tag.name] = tag.value
+            elif tag.kind == "environment":
+                value = self.node.env.get(tag.value, os.environ.get(tag.value, tag.default))
+                if value:
+                    tags[tag.name] = value
+        return sorted(tags.items())
+
+    # -- the request path ---------------------------------------------------------------------
+
+    def sample(self, request_id: str, headers: dict[bytes, bytes]) -> str:
+        """The request id with this proxy's decision in it (only while still undecided)."""
+        return decide(
+            request_id,
+            self.threshold,
+            self.use_request_id,
+            b"x-client-trace-id" in headers,
+            b"x-envoy-force-trace" in headers,
+        )
+
+    def start(self, headers: dict[bytes, bytes], request_id: str, kind: int, name: str) -> Span | None:
+        """A span continuing the incoming context, or a new trace with the local decision."""
+        local = trace_reason(request_id) in _TRACED
+        if not self.use_request_id:
+            local = _getrandbits(14) % 10000 < self.threshold or b"x-client-trace-id" in headers
+        if self.zipkin:
+            b3 = parse_b3(headers)
+            if b3 is not None:
+                trace_id, parent, sampled = b3
+                return Span(trace_id, _new_id(8), parent, local if sampled is None else sampled, kind, name, "")
+        if self.w3c:
+            traceparent = headers.get(b"traceparent")
+            if traceparent is not None:
+                context = parse_traceparent(traceparent)
+                if context is None:
+                    return None  # Envoy: an invalid traceparent gives a null span
+                state = headers.get(b"tracestate", b"").decode("latin-1")
+                return Span(context[0], _new_id(8), context[1], context[2], kind, name, state)
+        trace_id = _new_id(8 if self.zipkin and self.spec and self.spec.provider.trace_id_64bit else 16)
+        return Span(trace_id.rjust(16, b"\0"), _new_id(8), b"", local, kind, name, "")
+
+    def child(self, parent: Span, name: str) -> Span:
+        """The gateway's upstream span (Envoy's ``spawn_upstream_span``)."""
+        return Span(parent.trace_id, _new_id(8), parent.span_id, parent.sampled, spanwire.CLIENT, name, parent.trace_state)
+
+    def inject(self, span: Span) -> bytes:
+        """Header lines carrying ``span`` to the upstream."""
+        if not self.propagate:
+            return b""
+        out = b""
+        if self.w3c:
+            flags = b"01" if span.sampled else b"00"
+            out = b"traceparent: 00-" + span.trace_id.hex().encode() + b"-" + span.span_id.hex().encode() + b"-"
+            out += flags + b"\r\n"
+            if span.trace_state:
+                out += b"tracestate: " + span.trace_state.encode("latin-1") + b"\r\n"
+        if self.zipkin:
+            trace_hex = span.trace_id.hex()
+            if self.spec and self.spec.provider.trace_id_64bit:
+                trace_hex = trace_hex[16:]
+            out += (
+                f"x-b3-traceid: {trace_hex}\r\nx-b3-spanid: {span.span_id.hex()}\r\n"
+                f"x-b3-sampled: {'1' if span.sampled else '0'}\r\n"
+            ).encode()
+            if span.parent_id:
+                out += f"x-b3-parentspanid: {span.parent_id.hex()}\r\n".encode()
+        return out
+
+    def _cluster_tags(self, cluster: Cluster | None) -> bytes:
+        if cluster is None:
+            return b""
+        cached = self._cluster_bytes.get(cluster.name)
+        if cached is None:
+            cached = spanwire.string_attributes(
+                [("upstream_cluster", cluster.name), ("upstream_cluster.name", cluster.observability_name)]
+            )
+            self._cluster_bytes[cluster.name] = cached
+        return cached
+
+    def _name(self, name: str) -> bytes:
+        cached = self._names.get(name)
+        if cached is None:
+            if len(self._names) > 4096:
+                self._names.clear()
+            cached = self._names[name] = spanwire.span_name(name)
+        return cached
+
+    def finish(self, span: Span, done: Finished) -> None:
+        """Envoy's ``finalizeDownstreamSpan``: tags in Envoy's order, then hand the span to the exporter."""
+        if not span.sampled or not self.report or self.sink is None:
+            return
+        if self.zipkin:
+            self.sink(self._zipkin(span, done, upstream=False))
+            return
+        attr = spanwire.string_attribute
+        parts = [self.start_bytes]
+        if done.request_id:
+            parts.append(attr(_KEYS["guid:x-request-id"], done.request_id))
+        parts += (
+            attr(_KEYS["http.url"], done.url),
+            attr(_KEYS["http.method"], done.method),
+            _STATIC["downstream_cluster"],
+            attr(_KEYS["user_agent"], done.user_agent),
+            _STATIC["http.protocol"],
+            attr(_KEYS["peer.address"], done.peer_address),
+        )
+        if done.client_trace_id:
+            parts.append(attr(_KEYS["guid:x-client-trace-id"], done.client_trace_id))
+        parts += (
+            attr(_KEYS["request_size"], str(done.request_size)),
+            attr(_KEYS["response_size"], str(done.response_size)),
+        )
+        parts += self._common(span, done)
+        self.sink(
+            spanwire.encode_span(
+                span.trace_id, span.span_id, span.parent_id, self._name(span.name), span.kind, span.start_ns,
+                _time_ns(), b"".join(parts), self._status(span, done.status), span.trace_state,
+            )
+        )  # fmt: skip
+
+    def finish_upstream(self, span: Span, done: Finished) -> None:
+        """Envoy's ``finalizeUpstreamSpan`` for the gateway's upstream child span."""
+        if not span.sampled or not self.report or self.sink is None:
+            return
+        if self.zipkin:
+            self.sink(self._zipkin(span, done, upstream=True))
+            return
+        parts = [_STATIC["http.protocol"]]
+        if done.upstream_address:
+            parts.append(spanwire.string_attribute(_KEYS["upstream_address"], done.upstream_address))
+            parts.append(spanwire.string_attribute(_KEYS["peer.address"], done.upstream_address))
+        parts += self._common(span, done, upstream=True)
+        self.sink(
+            spanwire.encode_span(
+                span.trace_id, span.span_id, span.parent_id, self._name(span.name), span.kind, span.start_ns,
+                _time_ns(), b"".join(parts), self._status(span, done.status), span.trace_state,
+            )
+        )  # fmt: skip
+
+    def _common(self, span: Span, done: Finished, upstream: bool = False) -> list[bytes]:
+        """``setCommonTags``: component, cluster, status code, flags, error, then the custom tags."""
+        attr = spanwire.string_attribute
+        parts = [
+            _STATIC["component"],
+            self._cluster_tags(done.cluster),
+            attr(_KEYS["http.status_code"], str(done.status)),
+            attr(_KEYS["response_flags"], done.flags),
+        ]
+        if not upstream and done.upstream_address:
+            parts.append(attr(_KEYS["upstream_address"], done.upstream_address))
+        if done.status == 0 or done.status >= 500:
+            parts.append(_STATIC["error"])
+        if not self.header_tags:
+            parts.append(self.fixed_bytes)
+        else:
+            parts.append(spanwire.string_attributes(self._all_custom(done)))
+        return parts
+
+    def _all_custom(self, done: Finished) -> list[tuple[str, str]]:
+        tags = dict(self.fixed_tags)
+        headers = done.headers or {}
+        for tag in self.header_tags:
+            value = headers.get(tag.value.lower().encode())
+            text = value.decode("latin-1") if value is not None else tag.default
+            if text:
+                tags[tag.name] = text
+        return sorted(tags.items())
+
+    @staticmethod
+    def _status(span: Span, status: int) -> int:
+        if status == 0 or status >= 500 or (span.kind == spanwire.CLIENT and 400 <= status < 500):
+            return spanwire.STATUS_ERROR
+        return spanwire.STATUS_UNSET
+
+    def _zipkin(self, span: Span, done: Finished, upstream: bool) -> dict[str, Any]:
+        """A Zipkin v2 JSON span, as Envoy's Zipkin tracer reports it."""
+        tags: dict[str, str] = {"component": "proxy", "http.status_code": str(done.status), "response_flags": done.flags}
+        if not upstream:
+            tags.update({
+                "node_id": self.node.id, "guid:x-request-id": done.request_id, "http.url": done.url,
+                "http.method": done.method, "downstream_cluster": "-", "user_agent": done.user_agent,
+                "http.protocol": "HTTP/1.1", "peer.address": done.peer_address,
+                "request_size": str(done.request_size), "response_size": str(done.response_size),
+            })  # fmt: skip
+        if done.cluster is not None:
+            tags["upstream_cluster"] = done.cluster.name
+            tags["upstream_cluster.name"] = done.cluster.observability_name
+        if done.upstream_address:
+            tags["upstream_address"] = done.upstream_address
+        if done.status == 0 or done.status >= 500:
+            tags["error"] = "true"
+        tags.update(self._all_custom(done))
+        trace_hex = span.trace_id.hex()
+        if self.spec and self.spec.provider.trace_id_64bit:
+            trace_hex = trace_hex[16:]
+        out: dict[str, Any] = {
+            "traceId": trace_hex,
+            "id": span.span_id.hex(),
+            "name": span.name,
+            "kind": "SERVER" if span.kind == spanwire.SERVER else "CLIENT",
+            "timestamp": span.start_ns // 1000,
+            "duration": max(1, (_time_ns() - span.start_ns) // 1000),
+            "localEndpoint": {"serviceName": self.node.service_cluster, "ipv4": self.node.pod_ip},
+            "tags": tags,
+        }
+        if span.parent_id:
+            out["parentId"] = span.parent_id.hex()
+        return out
+
+
+def resource_attributes(node: Node, spec: TracingSpec | None) -> list[tuple[str, str]]:
+    """``service.name`` is the proxy's service cluster; the environment detector adds
+    ``OTEL_RESOURCE_ATTRIBUTES`` from the proxy's environment."""
+    attributes = [
+        ("service.name", node.service_cluster),
+        ("telemetry.sdk.language", "cpp"),
+        ("telemetry.sdk.name", "envoy"),
+        ("telemetry.sdk.version", ENVOY_VERSION),
+    ]
+    if spec is not None and spec.provider.environment_detector:
+        raw = node.env.get("OTEL_RESOURCE_ATTRIBUTES", "")
+        for item in raw.split(","):
+            key, sep, value = item.partition("=")
+            if sep and key.strip():
+                attributes.append((key.strip(), value.strip()))
+    return attributes
