@@ -61,14 +61,23 @@ def count_items(signal: Signal, message: Any) -> int:
 class Batch:
     """One export request of one signal: raw bytes and/or the parsed message, and its item count."""
 
-    __slots__ = ("_message", "_raw", "items", "signal")
+    __slots__ = ("_message", "_raw", "items", "metadata", "signal")
 
     def __init__(
-        self, signal: Signal, *, raw: bytes | None = None, message: Any = None, items: int | None = None
+        self,
+        signal: Signal,
+        *,
+        raw: bytes | None = None,
+        message: Any = None,
+        items: int | None = None,
+        metadata: dict[str, tuple[str, ...]] | None = None,
     ) -> None:
         if raw is None and message is None:
             raise ValueError("a batch needs bytes or a message")
         self.signal = signal
+        # The client's request metadata (gRPC metadata or HTTP headers, lower-case names), kept when the
+        # receiver has ``include_metadata: true``, for processors that read ``from_context``.
+        self.metadata = metadata or {}
         self._raw = raw
         self._message = message
         if items is None:
@@ -76,14 +85,14 @@ class Batch:
         self.items = items
 
     @classmethod
-    def parse(cls, signal: Signal, raw: bytes) -> Batch:
+    def parse(cls, signal: Signal, raw: bytes, metadata: dict[str, tuple[str, ...]] | None = None) -> Batch:
         """Decode ``raw`` once (to count its items and reject garbage early); keep the bytes to forward."""
         message = signal.request_type()
         try:
             message.ParseFromString(raw)
         except DecodeError as exc:
             raise PermanentError(f"not a valid OTLP {signal} export request: {exc}") from exc
-        return cls(signal, raw=raw, message=message, items=count_items(signal, message))
+        return cls(signal, raw=raw, message=message, items=count_items(signal, message), metadata=metadata)
 
     @property
     def raw(self) -> bytes:
@@ -110,7 +119,15 @@ class Batch:
         items = list(batches)
         if len(items) == 1:
             return items[0]
-        return Batch(items[0].signal, raw=b"".join(b.raw for b in items), items=sum(b.items for b in items))
+        # Batches from different clients lose their metadata, as upstream's batch processor does
+        # without metadata_keys.
+        same = all(b.metadata == items[0].metadata for b in items)
+        return Batch(
+            items[0].signal,
+            raw=b"".join(b.raw for b in items),
+            items=sum(b.items for b in items),
+            metadata=items[0].metadata if same else None,
+        )
 
     def __repr__(self) -> str:
         return f"Batch({self.signal}, items={self.items})"

@@ -48,7 +48,7 @@ class Copying:
         self.consumer = consumer
 
     async def consume(self, batch: Batch) -> None:
-        await self.consumer.consume(Batch(batch.signal, raw=batch.raw, items=batch.items))
+        await self.consumer.consume(Batch(batch.signal, raw=batch.raw, items=batch.items, metadata=batch.metadata))
 
     def refusal(self) -> RetryableError | None:
         return refusal(self.consumer)

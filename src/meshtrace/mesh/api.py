@@ -19,14 +19,17 @@ if TYPE_CHECKING:
 
 
 def _error(exc: ConfigError, status: int = 400) -> JSONResponse:
-    return JSONResponse({"error": exc.message, "where": exc.source, "path": exc.path, "fix": exc.fix, "text": str(exc)},
-                        status_code=status)  # fmt: skip
+    return JSONResponse(
+        {"error": exc.message, "where": exc.source, "path": exc.path, "fix": exc.fix, "text": str(exc)},
+        status_code=status,
+    )
 
 
 def control_app(mesh: Mesh) -> Starlette:
     async def status(request: Request) -> JSONResponse:
-        return JSONResponse({**mesh.info(), "warnings": mesh.control.diagnostics.warnings,
-                             "tracing": mesh.control.diagnostics.tracing})  # fmt: skip
+        return JSONResponse(
+            {**mesh.info(), "warnings": mesh.control.diagnostics.warnings, "tracing": mesh.control.diagnostics.tracing}
+        )
 
     async def apply(request: Request) -> JSONResponse:
         body = await request.json()
@@ -39,7 +42,7 @@ def control_app(mesh: Mesh) -> Starlette:
 
     async def _settle(results: list[str], warnings: list[str], wait: float) -> JSONResponse:
         await asyncio.sleep(0.05)
-        settled, pending = (True, [])
+        settled, pending = True, list[str]()
         if wait:
             settled, pending = await mesh.settled(float(wait))
         warnings = warnings + [w for w in mesh.control.diagnostics.warnings if w not in warnings]
@@ -51,7 +54,7 @@ def control_app(mesh: Mesh) -> Starlette:
         for item in body["objects"]:
             obj = Obj(item["body"])
             found = mesh.cluster.delete(obj.kind, obj.namespace, obj.name)
-            results.append(f"{obj.kind.lower()} \"{obj.name}\" {'deleted' if found else 'not found'}")
+            results.append(f'{obj.kind.lower()} "{obj.name}" {"deleted" if found else "not found"}')
         return await _settle(results, [], body.get("wait", 0))
 
     async def pods(request: Request) -> JSONResponse:
@@ -62,25 +65,34 @@ def control_app(mesh: Mesh) -> Starlette:
         kind = request.path_params["kind"]
         namespace = request.query_params.get("namespace") or None
         name = request.query_params.get("name")
-        found = [o for o in mesh.cluster.list(kind, namespace) if name is None or o.name == name]
+        found = [o for o in mesh.cluster.objects_of(kind, namespace) if name is None or o.name == name]
         return JSONResponse([object_view(o, mesh) for o in found])
 
     async def logs(request: Request) -> Response:
         namespace, name = request.path_params["namespace"], request.path_params["pod"]
         pod = mesh.cluster.pods.get((namespace, name)) or _by_prefix(mesh, namespace, name)
         if pod is None:
-            return JSONResponse({"error": f'pods "{name}" not found', "fix": "list them: meshtrace get pods"}, status_code=404)
+            return JSONResponse(
+                {"error": f'pods "{name}" not found', "fix": "list them: meshtrace get pods"}, status_code=404
+            )
         container_name = request.query_params.get("container")
-        containers = [c for c in pod.containers if not c.is_proxy or pod.router] if not container_name else [
-            c for c in pod.containers if c.name == container_name]  # fmt: skip
+        containers = (
+            [c for c in pod.containers if not c.is_proxy or pod.router]
+            if not container_name
+            else [c for c in pod.containers if c.name == container_name]
+        )
         if not containers:
             names = ", ".join(c.name for c in pod.containers)
-            return JSONResponse({"error": f"container {container_name!r} is not in pod {pod.name}", "fix": f"choose one of: {names}"},
-                                status_code=404)  # fmt: skip
+            return JSONResponse(
+                {"error": f"container {container_name!r} is not in pod {pod.name}", "fix": f"choose one of: {names}"},
+                status_code=404,
+            )
         if len(containers) > 1 and not container_name:
             names = ", ".join(c.name for c in pod.containers)
-            return JSONResponse({"error": f"pod {pod.name} has several containers", "fix": f"choose one with -c: {names}"},
-                                status_code=400)  # fmt: skip
+            return JSONResponse(
+                {"error": f"pod {pod.name} has several containers", "fix": f"choose one with -c: {names}"},
+                status_code=400,
+            )
         path = containers[0].log
         if request.query_params.get("follow") != "true":
             return PlainTextResponse(path.read_text(errors="replace") if path.exists() else "")
@@ -89,7 +101,7 @@ def control_app(mesh: Mesh) -> Starlette:
             position = 0
             while not mesh.stopped.is_set():
                 if path.exists():
-                    with open(path, "rb") as f:
+                    with open(path, "rb") as f:  # noqa: ASYNC230 - a local log file, read in one call
                         f.seek(position)
                         chunk = f.read()
                     if chunk:
@@ -125,12 +137,18 @@ def control_app(mesh: Mesh) -> Starlette:
 
     return Starlette(
         routes=[
-            Route("/status", status), Route("/apply", apply, methods=["POST"]), Route("/delete", delete, methods=["POST"]),
-            Route("/pods", pods), Route("/objects/{kind}", objects), Route("/logs/{namespace}/{pod}", logs),
-            Route("/label", label, methods=["POST"]), Route("/restart", restart, methods=["POST"]), Route("/wait", wait),
+            Route("/status", status),
+            Route("/apply", apply, methods=["POST"]),
+            Route("/delete", delete, methods=["POST"]),
+            Route("/pods", pods),
+            Route("/objects/{kind}", objects),
+            Route("/logs/{namespace}/{pod}", logs),
+            Route("/label", label, methods=["POST"]),
+            Route("/restart", restart, methods=["POST"]),
+            Route("/wait", wait),
             Route("/shutdown", shutdown, methods=["POST"]),
         ]
-    )  # fmt: skip
+    )
 
 
 def _by_prefix(mesh: Mesh, namespace: str, name: str) -> Any:

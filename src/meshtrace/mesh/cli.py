@@ -73,7 +73,13 @@ def load_objects(files: list[str], namespace: str | None, selector: str | None) 
                 console.print(f"[yellow]Warning:[/] {note}: skipped")
             for obj in loaded.objects:
                 source = obj.source
-                objects.append({"body": obj.body, "file": source.file if source else "", "document": source.document if source else 0})
+                objects.append(
+                    {
+                        "body": obj.body,
+                        "file": source.file if source else "",
+                        "document": source.document if source else 0,
+                    }
+                )
     except ConfigError as exc:
         console.print(f"[red]Error:[/] {exc}")
         raise typer.Exit(EXIT_FAILED) from None
@@ -100,7 +106,9 @@ def register(app: typer.Typer) -> None:
     def apply(
         filename: Files,
         namespace: Namespace = None,
-        selector: Annotated[str | None, typer.Option("--selector", "-l", help="Only objects with these labels.")] = None,
+        selector: Annotated[
+            str | None, typer.Option("--selector", "-l", help="Only objects with these labels.")
+        ] = None,
         wait: Annotated[bool, typer.Option(help="Wait until pods are ready and proxies run the new config.")] = True,
         timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 120.0,
         mesh_dir: MeshDir = None,
@@ -156,8 +164,16 @@ def register(app: typer.Typer) -> None:
         Sidecar injection follows the label only for pods created afterwards; restart a deployment to
         give its running pods a sidecar (meshtrace rollout restart deployment/NAME).
         """
-        kinds = {"namespace": "Namespace", "ns": "Namespace", "telemetry": "Telemetry", "deployment": "Deployment",
-                 "service": "Service", "svc": "Service", "configmap": "ConfigMap", "cm": "ConfigMap"}  # fmt: skip
+        kinds = {
+            "namespace": "Namespace",
+            "ns": "Namespace",
+            "telemetry": "Telemetry",
+            "deployment": "Deployment",
+            "service": "Service",
+            "svc": "Service",
+            "configmap": "ConfigMap",
+            "cm": "ConfigMap",
+        }
         if kind.lower() not in kinds:
             console.print(f"[red]Error:[/] cannot label {kind!r}; use one of {', '.join(sorted(kinds))}")
             raise typer.Exit(2)
@@ -173,7 +189,9 @@ def register(app: typer.Typer) -> None:
                 raise typer.Exit(2)
         real = kinds[kind.lower()]
         ns = "" if real == "Namespace" else (namespace or "default")
-        result = _call(_client(mesh_dir).post, "/label", {"kind": real, "namespace": ns, "name": name, "labels": changes})
+        result = _call(
+            _client(mesh_dir).post, "/label", {"kind": real, "namespace": ns, "name": name, "labels": changes}
+        )
         _report(result, False)
 
     rollout = typer.Typer(help="Restart deployments and watch them roll out.", no_args_is_help=True)
@@ -207,12 +225,14 @@ def register(app: typer.Typer) -> None:
         if not result["settled"]:
             console.print("[red]Not ready in time:[/]\n  " + "\n  ".join(result["pending"]))
             raise typer.Exit(EXIT_FAILED)
-        out.print(f'{target} successfully rolled out{f" in {namespace}" if namespace else ""}')
+        out.print(f"{target} successfully rolled out{f' in {namespace}' if namespace else ''}")
 
     @app.command(rich_help_panel="Local mesh")
     def logs(
         pod: Annotated[str, typer.Argument(help="Pod name (or a unique prefix, or deployment/NAME).")],
-        container: Annotated[str | None, typer.Option("--container", "-c", help="Container (e.g. istio-proxy).")] = None,
+        container: Annotated[
+            str | None, typer.Option("--container", "-c", help="Container (e.g. istio-proxy).")
+        ] = None,
         namespace: Namespace = None,
         follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
         mesh_dir: MeshDir = None,
@@ -241,7 +261,9 @@ def register(app: typer.Typer) -> None:
     @app.command(rich_help_panel="Local mesh")
     def traffic(
         requests: Annotated[int, typer.Option("--requests", "-n", help="How many requests.")] = 10,
-        rate: Annotated[float | None, typer.Option(help="Requests per second at most (default: as fast as possible).")] = None,
+        rate: Annotated[
+            float | None, typer.Option(help="Requests per second at most (default: as fast as possible).")
+        ] = None,
         concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Requests in flight at once.")] = 1,
         path: Annotated[str, typer.Option(help="Path on the gateway.")] = "/productpage",
         url: Annotated[str | None, typer.Option(help="Full URL instead of GATEWAY_URL + path.")] = None,
@@ -270,9 +292,13 @@ def run_traffic(url: str, requests: int, rate: float | None, concurrency: int) -
     from meshtrace.mesh.traffic import send
 
     with Progress(
-        TextColumn("[bold]traffic[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+        TextColumn("[bold]traffic[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
         transient=False,
-    ) as progress:  # fmt: skip
+    ) as progress:
         task = progress.add_task("requests", total=requests)
         summary = asyncio.run(send(url, requests, rate, concurrency, lambda: progress.advance(task)))
     table = Table(title=f"GET {url}", title_justify="left", show_edge=False)

@@ -13,14 +13,35 @@ from rich.table import Table
 from meshtrace.mesh.cli import EXIT_FAILED, MeshDir, _call, _client, console, out
 
 KINDS = {
-    "pods": "Pod", "pod": "Pod", "po": "Pod", "services": "Service", "service": "Service", "svc": "Service",
-    "telemetry": "Telemetry", "telemetries": "Telemetry", "deployments": "Deployment", "deployment": "Deployment",
-    "deploy": "Deployment", "namespaces": "Namespace", "namespace": "Namespace", "ns": "Namespace",
-    "configmaps": "ConfigMap", "configmap": "ConfigMap", "cm": "ConfigMap", "gateways": "Gateway",
-    "gateway": "Gateway", "gw": "Gateway", "virtualservices": "VirtualService", "virtualservice": "VirtualService",
-    "vs": "VirtualService", "istiooperator": "IstioOperator", "istiooperators": "IstioOperator",
-    "serviceaccounts": "ServiceAccount", "sa": "ServiceAccount", "secrets": "Secret",
-}  # fmt: skip
+    "pods": "Pod",
+    "pod": "Pod",
+    "po": "Pod",
+    "services": "Service",
+    "service": "Service",
+    "svc": "Service",
+    "telemetry": "Telemetry",
+    "telemetries": "Telemetry",
+    "deployments": "Deployment",
+    "deployment": "Deployment",
+    "deploy": "Deployment",
+    "namespaces": "Namespace",
+    "namespace": "Namespace",
+    "ns": "Namespace",
+    "configmaps": "ConfigMap",
+    "configmap": "ConfigMap",
+    "cm": "ConfigMap",
+    "gateways": "Gateway",
+    "gateway": "Gateway",
+    "gw": "Gateway",
+    "virtualservices": "VirtualService",
+    "virtualservice": "VirtualService",
+    "vs": "VirtualService",
+    "istiooperator": "IstioOperator",
+    "istiooperators": "IstioOperator",
+    "serviceaccounts": "ServiceAccount",
+    "sa": "ServiceAccount",
+    "secrets": "Secret",
+}
 CLUSTER_SCOPED = ("Namespace", "IstioOperator")
 
 
@@ -35,9 +56,13 @@ def _age(seconds: float) -> str:
 def register(app: typer.Typer) -> None:
     @app.command(rich_help_panel="Local mesh")
     def get(
-        kind: Annotated[str, typer.Argument(help="pods, services, telemetry, deployments, namespaces, configmaps, gateways, ...")],
+        kind: Annotated[
+            str, typer.Argument(help="pods, services, telemetry, deployments, namespaces, configmaps, gateways, ...")
+        ],
         name: Annotated[str | None, typer.Argument(help="Only this object.")] = None,
-        namespace: Annotated[str | None, typer.Option("--namespace", "-n", help="Namespace (default: default).")] = None,
+        namespace: Annotated[
+            str | None, typer.Option("--namespace", "-n", help="Namespace (default: default).")
+        ] = None,
         all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Every namespace.")] = False,
         output: Annotated[str | None, typer.Option("--output", "-o", help="wide, yaml or json.")] = None,
         mesh_dir: MeshDir = None,
@@ -45,7 +70,9 @@ def register(app: typer.Typer) -> None:
         """List objects of the running mesh, like kubectl get."""
         real = KINDS.get(kind.lower())
         if real is None:
-            console.print(f"[red]Error:[/] unknown kind {kind!r}; try pods, services, telemetry, deployments, namespaces")
+            console.print(
+                f"[red]Error:[/] unknown kind {kind!r}; try pods, services, telemetry, deployments, namespaces"
+            )
             raise typer.Exit(2)
         client = _client(mesh_dir)
         ns = None if all_namespaces or real in CLUSTER_SCOPED else (namespace or "default")
@@ -75,7 +102,7 @@ def register(app: typer.Typer) -> None:
         elif real == "Telemetry":
             _telemetry(table, items, all_namespaces, wide)
         else:
-            _generic(table, items, all_namespaces or real not in CLUSTER_SCOPED and ns is None)
+            _generic(table, items, all_namespaces or (real not in CLUSTER_SCOPED and ns is None))
         out.print(table)
 
 
@@ -86,8 +113,13 @@ def _pods(table: Table, items: list[dict[str, Any]], all_ns: bool, wide: bool) -
         table.add_column(column)
     for pod in items:
         row = ([pod["namespace"]] if all_ns else []) + [
-            pod["name"], pod["ready"], pod["status"], str(pod["restarts"]), _age(pod["age"]), ",".join(pod["containers"]),
-        ]  # fmt: skip
+            pod["name"],
+            pod["ready"],
+            pod["status"],
+            str(pod["restarts"]),
+            _age(pod["age"]),
+            ",".join(pod["containers"]),
+        ]
         table.add_row(*row, *([pod["ip"]] if wide else []))
 
 
@@ -98,7 +130,9 @@ def _services(table: Table, items: list[dict[str, Any]], all_ns: bool) -> None:
         spec = item["body"].get("spec") or {}
         ports = ",".join(f"{p['port']}/{p.get('protocol', 'TCP')}" for p in spec.get("ports") or [])
         selector = ",".join(f"{k}={v}" for k, v in (spec.get("selector") or {}).items())
-        table.add_row(*([item["namespace"]] if all_ns else []), item["name"], spec.get("type", "ClusterIP"), ports, selector)
+        table.add_row(
+            *([item["namespace"]] if all_ns else []), item["name"], spec.get("type", "ClusterIP"), ports, selector
+        )
 
 
 def _telemetry(table: Table, items: list[dict[str, Any]], all_ns: bool, wide: bool) -> None:
@@ -121,17 +155,29 @@ def _pod_body(pod: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": pod["name"], "namespace": pod["namespace"], "labels": pod["labels"],
-                     "annotations": pod["annotations"]},
-        "spec": {"containers": [{"name": c["name"], "image": c["image"], "command": c["command"]} for c in pod["details"]]},
+        "metadata": {
+            "name": pod["name"],
+            "namespace": pod["namespace"],
+            "labels": pod["labels"],
+            "annotations": pod["annotations"],
+        },
+        "spec": {
+            "containers": [{"name": c["name"], "image": c["image"], "command": c["command"]} for c in pod["details"]]
+        },
         "status": {
-            "phase": pod["status"], "podIP": pod["ip"],
+            "phase": pod["status"],
+            "podIP": pod["ip"],
             "containerStatuses": [
-                {"name": c["name"], "ready": c["ready"], "restartCount": c["restarts"], "state": c["state"],
-                 "reason": c["reason"], "pid": c["pid"], "log": c["log"]}
+                {
+                    "name": c["name"],
+                    "ready": c["ready"],
+                    "restartCount": c["restarts"],
+                    "state": c["state"],
+                    "reason": c["reason"],
+                    "pid": c["pid"],
+                    "log": c["log"],
+                }
                 for c in pod["details"]
             ],
         },
-    }  # fmt: skip
-
-
+    }

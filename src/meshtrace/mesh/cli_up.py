@@ -31,7 +31,9 @@ def register(app: typer.Typer) -> None:
     def up(
         filename: Annotated[
             list[str] | None,
-            typer.Option("--filename", "-f", help="YAML files or directories to apply, in order (default: the tutorial)."),
+            typer.Option(
+                "--filename", "-f", help="YAML files or directories to apply, in order (default: the tutorial)."
+            ),
         ] = None,
         gateway_port: Annotated[int, typer.Option(help="Local port of the ingress gateway (taken if free).")] = 8080,
         backend: Annotated[
@@ -39,9 +41,13 @@ def register(app: typer.Typer) -> None:
         ] = None,
         token: Annotated[str | None, typer.Option(help="Its token (with --backend).")] = None,
         console_url: Annotated[str | None, typer.Option("--console", help="Its console URL (with --backend).")] = None,
-        requests: Annotated[int, typer.Option(help="Requests to /productpage once ready (the tutorial sends 10).")] = 10,
+        requests: Annotated[
+            int, typer.Option(help="Requests to /productpage once ready (the tutorial sends 10).")
+        ] = 10,
         timeout: Annotated[float, typer.Option(help="Seconds to wait for the mesh to be ready.")] = 180.0,
-        ready_file: Annotated[str | None, typer.Option(help="Write the mesh's addresses as JSON here once ready.")] = None,
+        ready_file: Annotated[
+            str | None, typer.Option(help="Write the mesh's addresses as JSON here once ready.")
+        ] = None,
         log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
         mesh_dir: MeshDir = None,
     ) -> None:
@@ -77,7 +83,9 @@ def register(app: typer.Typer) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         _logging(log_level, directory / "mesh.log")
         options = Options(mesh_dir=directory, gateway_port=gateway_port, backend=external)
-        code = _run(options, list(zip(files, batches, strict=True)), requests, timeout, ready_file, builtin=not filename)
+        code = _run(
+            options, list(zip(files, batches, strict=True)), requests, timeout, ready_file, builtin=not filename
+        )
         raise typer.Exit(code)
 
     @app.command(rich_help_panel="Local mesh")
@@ -129,22 +137,30 @@ def _logging(level: str, path: Path) -> None:
 
 
 def _run(
-    options: Any, batches: list[tuple[str, list[dict[str, Any]]]], requests: int, timeout: float,
-    ready_file: str | None, builtin: bool,
-) -> int:  # fmt: skip
+    options: Any,
+    batches: list[tuple[str, list[dict[str, Any]]]],
+    requests: int,
+    within: float,
+    ready_file: str | None,
+    builtin: bool,
+) -> int:
     try:
         import uvloop
 
         runner: Any = uvloop.run
     except ImportError:  # pragma: no cover
         runner = asyncio.run
-    return int(runner(_main(options, batches, requests, timeout, ready_file, builtin)))
+    return int(runner(_main(options, batches, requests, within, ready_file, builtin)))
 
 
 async def _main(
-    options: Any, batches: list[tuple[str, list[dict[str, Any]]]], requests: int, timeout: float,
-    ready_file: str | None, builtin: bool,
-) -> int:  # fmt: skip
+    options: Any,
+    batches: list[tuple[str, list[dict[str, Any]]]],
+    requests: int,
+    within: float,
+    ready_file: str | None,
+    builtin: bool,
+) -> int:
     from meshtrace.errors import ConfigError
     from meshtrace.mesh.daemon import Mesh
     from meshtrace.mesh.resources import Obj, Source
@@ -175,10 +191,12 @@ async def _main(
                     console.print(f"[yellow]Warning:[/] {warning}")
         if code == 0:
             with console.status("waiting for pods and proxies") as status:
-                settled, pending = await _settle(mesh, timeout, status)
+                settled, pending = await _settle(mesh, within, status)
             if not settled:
                 console.print("[red]The mesh is not ready:[/]\n  " + "\n  ".join(pending))
-                console.print(f"[dim]logs: meshtrace logs POD -c CONTAINER, or files under {options.mesh_dir / 'pods'}[/]")
+                console.print(
+                    f"[dim]logs: meshtrace logs POD -c CONTAINER, or files under {options.mesh_dir / 'pods'}[/]"
+                )
                 code = EXIT_FAILED
         if code == 0:
             _announce(info, mesh)
@@ -186,7 +204,9 @@ async def _main(
                 await _traffic(info, requests)
         if ready_file:
             tmp = ready_file + ".tmp"
-            Path(tmp).write_text(__import__("json").dumps({**mesh.info(), "ready": code == 0}))
+            Path(tmp).write_text(  # noqa: ASYNC240 - a few bytes, once
+                __import__("json").dumps({**mesh.info(), "ready": code == 0})
+            )
             os.replace(tmp, ready_file)
         if code == 0:
             console.print("[dim]Running. Ctrl-C or `meshtrace down` stops the mesh.[/]")
@@ -196,8 +216,8 @@ async def _main(
     return code
 
 
-async def _settle(mesh: Any, timeout: float, status: Any) -> tuple[bool, list[str]]:
-    deadline = time.monotonic() + timeout
+async def _settle(mesh: Any, within: float, status: Any) -> tuple[bool, list[str]]:
+    deadline = time.monotonic() + within
     pending: list[str] = []
     while time.monotonic() < deadline:
         settled, pending = await mesh.settled(min(2.0, max(0.1, deadline - time.monotonic())))
@@ -213,7 +233,8 @@ def _announce(info: dict[str, Any], mesh: Any) -> None:
         f"GATEWAY_URL  [bold]{info['gateway_url']}[/]   (curl http://{info['gateway_url']}/productpage)",
         f"Console      [bold]{info['console']}[/]",
         f"Token        [bold]{info['token']}[/]   (header Authentication)",
-        f"Backend      OTLP/gRPC {info['backend_grpc']}" + (f", OTLP/HTTP {info['backend_otlp_http']}" if info["backend_otlp_http"] else ""),
+        f"Backend      OTLP/gRPC {info['backend_grpc']}"
+        + (f", OTLP/HTTP {info['backend_otlp_http']}" if info["backend_otlp_http"] else ""),
         f"Mesh         {len(mesh.cluster.pods)} pods; meshtrace get pods -A; state in {info['mesh_dir']}",
     ]
     console.print(Panel("\n".join(lines), title="meshtrace mesh is up", title_align="left", expand=False))

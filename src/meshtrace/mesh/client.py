@@ -58,7 +58,11 @@ class MeshClient:
             if body.get("fix") and "fix:" not in text:
                 text += f"\n  fix: {body['fix']}"
             raise MeshRequestError(text)
-        return response.json() if response.headers.get("content-type", "").startswith("application/json") else response.text
+        return (
+            response.json()
+            if response.headers.get("content-type", "").startswith("application/json")
+            else response.text
+        )
 
     def get(self, path: str, **params: Any) -> Any:
         try:

@@ -41,8 +41,13 @@ class Applied:
 
 
 def _plural(kind: str) -> str:
-    group = {"Deployment": ".apps", "Telemetry": ".telemetry.istio.io", "Gateway": ".networking.istio.io",
-             "VirtualService": ".networking.istio.io", "IstioOperator": ".install.istio.io"}.get(kind, "")  # fmt: skip
+    group = {
+        "Deployment": ".apps",
+        "Telemetry": ".telemetry.istio.io",
+        "Gateway": ".networking.istio.io",
+        "VirtualService": ".networking.istio.io",
+        "IstioOperator": ".install.istio.io",
+    }.get(kind, "")
     return f"{kind.lower()}{group}"
 
 
@@ -71,7 +76,7 @@ class Cluster:
     def get(self, kind: str, namespace: str, name: str) -> Obj | None:
         return self.objects.get((kind, namespace, name))
 
-    def list(self, kind: str, namespace: str | None = None) -> list[Obj]:
+    def objects_of(self, kind: str, namespace: str | None = None) -> list[Obj]:
         return sorted(
             (o for (k, ns, _), o in self.objects.items() if k == kind and (namespace is None or ns == namespace)),
             key=lambda o: (o.namespace, o.name),
@@ -106,9 +111,12 @@ class Cluster:
                 pending = any(o.kind == "Namespace" and o.name == obj.namespace for o in objects)
                 if not pending:
                     raise ResourceError(
-                        obj.source, obj.describe(), "metadata.namespace", f'namespaces "{obj.namespace}" not found',
+                        obj.source,
+                        obj.describe(),
+                        "metadata.namespace",
+                        f'namespaces "{obj.namespace}" not found',
                         f"create it first: meshtrace create namespace {obj.namespace}",
-                    )  # fmt: skip
+                    )
             parsed.append((obj, self._validate(obj)))
         for obj, value in parsed:
             self._fill_placeholders(obj, applied)
@@ -118,7 +126,7 @@ class Cluster:
                 applied.results.append(f"istiooperator.install.istio.io/{obj.name} {action} (Istio installed)")
                 continue
             self._index(obj, value)
-            if value is not None and getattr(value, "warnings", ()):
+            if value is not None and getattr(value, "warnings", None):
                 applied.warnings += [f"{obj.describe()}: {w}" for w in value.warnings]
             applied.results.append(f"{_plural(obj.kind)}/{obj.name} {action}")
         self.reconcile()
@@ -209,31 +217,66 @@ class Cluster:
         if mesh is not None:
             self.mesh = mesh
         mesh_yaml = yaml.safe_dump(self.mesh.as_yaml_dict(), sort_keys=False)
-        self._store(Obj({
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "istio", "namespace": ISTIO_NAMESPACE, "labels": {"istio.io/rev": "default"}},
-            "data": {"mesh": mesh_yaml},
-        }))  # fmt: skip
+        self._store(
+            Obj(
+                {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "metadata": {"name": "istio", "namespace": ISTIO_NAMESPACE, "labels": {"istio.io/rev": "default"}},
+                    "data": {"mesh": mesh_yaml},
+                }
+            )
+        )
         labels = {"app": GATEWAY_NAME, "istio": "ingressgateway"}
         if self.get("Deployment", ISTIO_NAMESPACE, GATEWAY_NAME) is None:
-            self._store(Obj({
-                "apiVersion": "apps/v1", "kind": "Deployment",
-                "metadata": {"name": GATEWAY_NAME, "namespace": ISTIO_NAMESPACE, "labels": dict(labels)},
-                "spec": {"replicas": 1, "selector": {"matchLabels": dict(labels)}, "template": {
-                    "metadata": {"labels": {**labels, podlib.INJECT: "false"}},
-                    "spec": {"containers": [{"name": "istio-proxy", "image": podlib.PROXY_IMAGE, "args": ["proxy", "router"],
-                                             "ports": [{"containerPort": 8080}, {"containerPort": 8443}, {"containerPort": 15021}]}]},
-                }},
-            }))  # fmt: skip
-            self._store(Obj({
-                "apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": GATEWAY_NAME, "namespace": ISTIO_NAMESPACE, "labels": dict(labels)},
-                "spec": {"type": "LoadBalancer", "selector": dict(labels), "ports": [
-                    {"name": "status-port", "port": 15021, "targetPort": 15021},
-                    {"name": "http2", "port": 80, "targetPort": 8080},
-                    {"name": "https", "port": 443, "targetPort": 8443},
-                ]},
-            }))  # fmt: skip
+            self._store(
+                Obj(
+                    {
+                        "apiVersion": "apps/v1",
+                        "kind": "Deployment",
+                        "metadata": {"name": GATEWAY_NAME, "namespace": ISTIO_NAMESPACE, "labels": dict(labels)},
+                        "spec": {
+                            "replicas": 1,
+                            "selector": {"matchLabels": dict(labels)},
+                            "template": {
+                                "metadata": {"labels": {**labels, podlib.INJECT: "false"}},
+                                "spec": {
+                                    "containers": [
+                                        {
+                                            "name": "istio-proxy",
+                                            "image": podlib.PROXY_IMAGE,
+                                            "args": ["proxy", "router"],
+                                            "ports": [
+                                                {"containerPort": 8080},
+                                                {"containerPort": 8443},
+                                                {"containerPort": 15021},
+                                            ],
+                                        }
+                                    ]
+                                },
+                            },
+                        },
+                    }
+                )
+            )
+            self._store(
+                Obj(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Service",
+                        "metadata": {"name": GATEWAY_NAME, "namespace": ISTIO_NAMESPACE, "labels": dict(labels)},
+                        "spec": {
+                            "type": "LoadBalancer",
+                            "selector": dict(labels),
+                            "ports": [
+                                {"name": "status-port", "port": 15021, "targetPort": 15021},
+                                {"name": "http2", "port": 80, "targetPort": 8080},
+                                {"name": "https", "port": 443, "targetPort": 8443},
+                            ],
+                        },
+                    }
+                )
+            )
 
     # -- controllers --------------------------------------------------------------------------
 
@@ -243,9 +286,9 @@ class Cluster:
 
     def reconcile_quiet(self) -> None:
         """Deployments → pods (new template: new pods first, old ones go once the new are ready)."""
-        for deployment in self.list("Deployment"):
+        for deployment in self.objects_of("Deployment"):
             self._reconcile_deployment(deployment)
-        owners = {(d.namespace, d.name) for d in self.list("Deployment")}
+        owners = {(d.namespace, d.name) for d in self.objects_of("Deployment")}
         for pod in list(self.pods.values()):
             if (pod.namespace, pod.owner) not in owners and not pod.deleting:
                 pod.deleting = True
@@ -255,7 +298,11 @@ class Cluster:
         template = spec.get("template") or {}
         replicas = int(spec.get("replicas", 1))
         current_hash = podlib.template_hash(template)
-        mine = [p for p in self.pods.values() if p.namespace == deployment.namespace and p.owner == deployment.name and not p.deleting]
+        mine = [
+            p
+            for p in self.pods.values()
+            if p.namespace == deployment.namespace and p.owner == deployment.name and not p.deleting
+        ]
         new = [p for p in mine if p.template_hash == current_hash]
         old = [p for p in mine if p.template_hash != current_hash]
         for _ in range(replicas - len(new)):
@@ -281,11 +328,22 @@ class Cluster:
         ip, local_ip = self.next_ip()
         name = podlib.pod_name(deployment.name, hash_)
         pod = podlib.Pod(
-            namespace=namespace, name=name, owner=deployment.name, template_hash=hash_, labels=labels,
-            annotations=annotations, ip=ip, local_ip=local_ip, created=next(self._seq), injected=injected,
-            service_account=str(pod_spec.get("serviceAccountName") or "default"), containers=[],
-            directory=self.directory / "pods" / namespace / name, router=router, created_at=time.time(),
-        )  # fmt: skip
+            namespace=namespace,
+            name=name,
+            owner=deployment.name,
+            template_hash=hash_,
+            labels=labels,
+            annotations=annotations,
+            ip=ip,
+            local_ip=local_ip,
+            created=next(self._seq),
+            injected=injected,
+            service_account=str(pod_spec.get("serviceAccountName") or "default"),
+            containers=[],
+            directory=self.directory / "pods" / namespace / name,
+            router=router,
+            created_at=time.time(),
+        )
         pod.directory.mkdir(parents=True, exist_ok=True)
         if injected:
             from meshtrace.mesh.istio import naming
@@ -294,7 +352,7 @@ class Cluster:
             pod.labels.setdefault(naming.CANONICAL_REVISION, naming.canonical_revision(labels))
             pod.labels["security.istio.io/tlsMode"] = "istio"
             pod.annotations["sidecar.istio.io/status"] = '{"containers":["istio-proxy"]}'
-        configmaps = {(o.namespace, o.name): o for o in self.list("ConfigMap")}
+        configmaps = {(o.namespace, o.name): o for o in self.objects_of("ConfigMap")}
         pod.containers = podlib.build_containers(
             pod_spec, pod, configmaps, self.proxy_url_for(pod), self.node_proxy_for(namespace)
         )
@@ -303,7 +361,9 @@ class Cluster:
         if router:
             for container in pod.containers:
                 if container.program is not None and container.program.kind == "proxy":
-                    container.program = podlib.Program((*container.program.argv, str(pod.directory / "proxy.json")), "proxy")
+                    container.program = podlib.Program(
+                        (*container.program.argv, str(pod.directory / "proxy.json")), "proxy"
+                    )
         if injected:
             pod.containers.append(podlib.proxy_container(pod))
         self.pods[pod.key] = pod
@@ -321,10 +381,16 @@ class Cluster:
             return []
         matcher = Selector.from_labels({str(k): str(v) for k, v in selector.items()})
         return sorted(
-            (p for p in self.pods.values() if p.namespace == service.namespace and matcher.matches(p.labels)
-             and not p.deleting and (p.ready or not ready_only)),
+            (
+                p
+                for p in self.pods.values()
+                if p.namespace == service.namespace
+                and matcher.matches(p.labels)
+                and not p.deleting
+                and (p.ready or not ready_only)
+            ),
             key=lambda p: p.created,
-        )  # fmt: skip
+        )
 
     def pods_in(self, namespace: str | None) -> list[podlib.Pod]:
         return sorted(
@@ -343,9 +409,12 @@ def _check_deployment(obj: Obj) -> None:
         raise ResourceError(obj.source, where, "spec.selector.matchLabels", "is required", "select the pods' labels")
     if any(labels.get(k) != v for k, v in selector.items()):
         raise ResourceError(
-            obj.source, where, "spec.template.metadata.labels", "`selector` does not match template `labels`",
+            obj.source,
+            where,
+            "spec.template.metadata.labels",
+            "`selector` does not match template `labels`",
             "give the pod template every label of spec.selector.matchLabels",
-        )  # fmt: skip
+        )
     containers = (template.get("spec") or {}).get("containers")
     if not isinstance(containers, list) or not containers:
         raise ResourceError(obj.source, where, "spec.template.spec.containers", "is required", "add a container")
@@ -358,9 +427,12 @@ def _check_deployment(obj: Obj) -> None:
             number = port.get("containerPort") if isinstance(port, dict) else None
             if not isinstance(number, int) or not 1 <= number <= 65535:
                 raise ResourceError(
-                    obj.source, where, f"spec.template.spec.containers[{index}].ports[{port_index}].containerPort",
-                    f"{number!r} is not a port number", "use 1..65535",
-                )  # fmt: skip
+                    obj.source,
+                    where,
+                    f"spec.template.spec.containers[{index}].ports[{port_index}].containerPort",
+                    f"{number!r} is not a port number",
+                    "use 1..65535",
+                )
     replicas = spec.get("replicas", 1)
     if not isinstance(replicas, int) or replicas < 0:
         raise ResourceError(obj.source, where, "spec.replicas", f"{replicas!r} is not a replica count", "use 0 or more")
@@ -374,4 +446,6 @@ def _check_service(obj: Obj) -> None:
     for index, port in enumerate(ports):
         number = port.get("port") if isinstance(port, dict) else None
         if not isinstance(number, int) or not 1 <= number <= 65535:
-            raise ResourceError(obj.source, where, f"spec.ports[{index}].port", f"{number!r} is not a port number", "use 1..65535")
+            raise ResourceError(
+                obj.source, where, f"spec.ports[{index}].port", f"{number!r} is not a port number", "use 1..65535"
+            )

@@ -58,11 +58,13 @@ class Registry:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self.ports: list[ServicePort] = []
-        for service in cluster.list("Service"):
+        for service in cluster.objects_of("Service"):
             fqdn = f"{service.name}.{service.namespace}.{DOMAIN}"
             for raw in service.spec.get("ports") or []:
                 port = int(raw["port"])
-                self.ports.append(ServicePort(service, fqdn, port, raw.get("targetPort", port), str(raw.get("name", ""))))
+                self.ports.append(
+                    ServicePort(service, fqdn, port, raw.get("targetPort", port), str(raw.get("name", "")))
+                )
 
     def endpoints(self, sp: ServicePort) -> list[str]:
         out = []
@@ -171,7 +173,9 @@ class ControlPlane:
     def _inbound(self, pod: Pod, registry: Registry) -> list[dict[str, Any]]:
         ports: dict[int, str] = {}
         for sp in registry.ports:
-            if sp.service.namespace != pod.namespace or pod not in self.cluster.service_pods(sp.service, ready_only=False):
+            if sp.service.namespace != pod.namespace or pod not in self.cluster.service_pods(
+                sp.service, ready_only=False
+            ):
                 continue
             target = _target_port(pod, sp.target)
             if target is not None and target not in ports:
@@ -185,7 +189,11 @@ class ControlPlane:
 
     def _gateway(self, pod: Pod, registry: Registry) -> list[dict[str, Any]]:
         """Listeners and routes from the Gateways selecting this pod and the VirtualServices bound to them."""
-        services = [s for s in self.cluster.list("Service", pod.namespace) if pod in self.cluster.service_pods(s, ready_only=False)]
+        services = [
+            s
+            for s in self.cluster.objects_of("Service", pod.namespace)
+            if pod in self.cluster.service_pods(s, ready_only=False)
+        ]
         port_map: dict[int, int] = {}
         for service in services:
             for raw in service.spec.get("ports") or []:
@@ -221,7 +229,7 @@ class ControlPlane:
                 port = destination.port or (service_ports[0].port if len(service_ports) == 1 else 0)
                 ports.append(port)
                 weights.append((f"outbound|{port}|{destination.subset}|{destination.host}", destination.weight or 100))
-            matches = list(http.matches) or [None]
+            matches: list[routing.Match | None] = [*http.matches] or [None]
             for match in matches:
                 route: dict[str, Any] = {
                     "match": _match_json(match),
@@ -271,7 +279,9 @@ class ControlPlane:
             "disable_context_propagation": spec.disable_context_propagation,
         }
 
-    def _provider(self, provider: ExtensionProvider, registry: Registry, diagnostics: Diagnostics) -> dict[str, Any] | None:
+    def _provider(
+        self, provider: ExtensionProvider, registry: Registry, diagnostics: Diagnostics
+    ) -> dict[str, Any] | None:
         host = provider.service.split("/", 1)[-1]
         try:
             ipaddress.ip_address(host)
@@ -290,12 +300,20 @@ class ControlPlane:
                 return None
             endpoints = registry.endpoints(matching[0])
         return {
-            "name": provider.name, "kind": provider.kind, "service": host, "port": provider.port,
-            "endpoints": endpoints, "transport": provider.transport, "path": provider.path or "/v1/traces",
-            "timeout": provider.timeout, "headers": [list(h) for h in provider.headers],
-            "max_tag_length": provider.max_tag_length, "environment_detector": provider.environment_detector,
-            "b3_with_w3c": provider.b3_with_w3c, "trace_id_64bit": provider.trace_id_64bit,
-        }  # fmt: skip
+            "name": provider.name,
+            "kind": provider.kind,
+            "service": host,
+            "port": provider.port,
+            "endpoints": endpoints,
+            "transport": provider.transport,
+            "path": provider.path or "/v1/traces",
+            "timeout": provider.timeout,
+            "headers": [list(h) for h in provider.headers],
+            "max_tag_length": provider.max_tag_length,
+            "environment_detector": provider.environment_detector,
+            "b3_with_w3c": provider.b3_with_w3c,
+            "trace_id_64bit": provider.trace_id_64bit,
+        }
 
     def _explain(
         self, diagnostics: Diagnostics, telemetries: list[Any], gateway_off: list[tuple[Pod, Merged]], traced: bool
@@ -364,7 +382,7 @@ def _match_json(match: routing.Match | None) -> dict[str, Any]:
 
 
 def _tag_json(tag: tuple[str, ...]) -> dict[str, str]:
-    name, kind, value, default = (list(tag) + ["", "", "", ""])[:4]
+    name, kind, value, default = [*tag, "", "", "", ""][:4]
     if kind == "formatter":
         inner = value.strip()
         if inner.startswith("%REQ(") and inner.endswith(")%"):

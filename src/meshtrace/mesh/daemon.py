@@ -130,15 +130,25 @@ class Mesh:
     async def _update_node_proxies(self) -> None:
         for namespace, (ip, holder, server) in list(self.node_proxies.items()):
             data = self.control.node_configs.get(namespace, {"clusters": [], "hosts": {}})
-            node = Node(id=f"node~{ip}", kind="node", pod="node-proxy", namespace=namespace, pod_ip=ip,
-                        service_cluster="node-proxy", canonical_service="", canonical_revision="")  # fmt: skip
+            node = Node(
+                id=f"node~{ip}",
+                kind="node",
+                pod="node-proxy",
+                namespace=namespace,
+                pod_ip=ip,
+                service_cluster="node-proxy",
+                canonical_service="",
+                canonical_revision="",
+            )
             config = ProxyConfig.from_json({"version": 0, "node": _node_json(node), **data})
             state = State(config, SideTracer(None, node, None), SideTracer(None, node, None))
             if holder is None:
                 holder = Holder(state)
                 loop = asyncio.get_running_loop()
                 pool = Pool(None)
-                server = await loop.create_server(lambda h=holder, p=pool: Downstream(OutboundListener(h, traced=False), p), ip, 15001)
+                server = await loop.create_server(
+                    lambda h=holder, p=pool: Downstream(OutboundListener(h, traced=False), p), ip, 15001
+                )
                 self.node_proxies[namespace] = (ip, holder, server)
             else:
                 holder.state = state
@@ -155,19 +165,38 @@ class Mesh:
         ready.unlink(missing_ok=True)
         grpc, otlp_http, http = (free_port("127.0.0.1", p) for p in self.options.backend_ports)
         argv = [
-            sys.executable, "-m", "meshtrace", "serve", "--data", str(data), "--grpc", f"127.0.0.1:{grpc}",
-            "--otlp-http", f"127.0.0.1:{otlp_http}", "--http", f"127.0.0.1:{http}", "--token", f"default={token}",
-            "--ready-file", str(ready),
-        ]  # fmt: skip
-        output = open(self.dir / "backend.log", "ab")  # noqa: SIM115 - kept open for the child's lifetime
+            sys.executable,
+            "-m",
+            "meshtrace",
+            "serve",
+            "--data",
+            str(data),
+            "--grpc",
+            f"127.0.0.1:{grpc}",
+            "--otlp-http",
+            f"127.0.0.1:{otlp_http}",
+            "--http",
+            f"127.0.0.1:{http}",
+            "--token",
+            f"default={token}",
+            "--ready-file",
+            str(ready),
+        ]
+        output = open(self.dir / "backend.log", "ab")  # noqa: SIM115, ASYNC230 - handed to the child
         self._backend_proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=output, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
+            *argv,
+            stdout=output,
+            stderr=asyncio.subprocess.STDOUT,
+            stdin=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
         )
         output.close()
         deadline = time.monotonic() + 120
         while not ready.exists():
             if self._backend_proc.returncode is not None:
-                raise RuntimeError(f"meshtrace serve exited with {self._backend_proc.returncode}; see {self.dir / 'backend.log'}")
+                raise RuntimeError(
+                    f"meshtrace serve exited with {self._backend_proc.returncode}; see {self.dir / 'backend.log'}"
+                )
             if time.monotonic() > deadline:
                 raise RuntimeError(f"meshtrace serve not ready after 120 s; see {self.dir / 'backend.log'}")
             await asyncio.sleep(0.1)
@@ -182,7 +211,7 @@ class Mesh:
             os.killpg(proc.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), 30)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
@@ -244,15 +273,19 @@ class Mesh:
 
     # -- waiting ------------------------------------------------------------------------------
 
-    async def settled(self, timeout: float) -> tuple[bool, list[str]]:
+    async def settled(self, within: float) -> tuple[bool, list[str]]:
         """Every pod ready and every proxy running its latest configuration; else what is not."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         pending: list[str] = []
         while time.monotonic() < deadline:
             await asyncio.sleep(0.1)
             if self._dirty.is_set():
                 continue
-            pending = [f"{p.namespace}/{p.name}: {p.status}" for p in self.cluster.pods.values() if not p.ready and not p.deleting]
+            pending = [
+                f"{p.namespace}/{p.name}: {p.status}"
+                for p in self.cluster.pods.values()
+                if not p.ready and not p.deleting
+            ]
             pending += [f"{p.namespace}/{p.name}: terminating" for p in self.cluster.pods.values() if p.deleting]
             if pending:
                 continue
@@ -278,4 +311,4 @@ class Mesh:
 
 
 def _node_json(node: Node) -> dict[str, Any]:
-    return {k: getattr(node, k) for k in Node.__slots__}  # type: ignore[attr-defined]
+    return {k: getattr(node, k) for k in Node.__slots__}

@@ -40,12 +40,20 @@ def expand(text: str, env: dict[str, str]) -> str:
 
 
 def program_for(
-    image: str, container: str, command: list[str], args: list[str], annotations: dict[str, str], env: dict[str, str],
-    mounts: dict[str, str], single: bool,
+    image: str,
+    container: str,
+    command: list[str],
+    args: list[str],
+    annotations: dict[str, str],
+    env: dict[str, str],
+    mounts: dict[str, str],
+    single: bool,
 ) -> Program:
     """The local command line for a container; ``mounts`` maps mount paths to local directories."""
     python = sys.executable
-    custom = annotations.get(f"{COMMAND_ANNOTATION}.{container}") or (annotations.get(COMMAND_ANNOTATION) if single else None)
+    custom = annotations.get(f"{COMMAND_ANNOTATION}.{container}") or (
+        annotations.get(COMMAND_ANNOTATION) if single else None
+    )
     if custom:
         return Program(tuple(expand(part, env) for part in shlex.split(custom)), "command")
     bookinfo = _BOOKINFO.search(image)
@@ -62,7 +70,7 @@ def program_for(
         return Program((python, "-m", "meshtrace.mesh.proxy"), "proxy")
     raise ImageNotRunnable(
         f"no local program for image {image!r}: annotate the pod template with "
-        f"{COMMAND_ANNOTATION}{'' if single else '.' + container}: \"<command line>\""
+        f'{COMMAND_ANNOTATION}{"" if single else "." + container}: "<command line>"'
     )
 
 

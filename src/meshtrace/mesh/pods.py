@@ -137,7 +137,9 @@ def proxy_config_for(mesh: MeshConfig, annotations: dict[str, str]) -> ProxyConf
     fields = Fields(data, "", None, "")
     sampling = override.sampling if fields.sub("tracing").has("sampling") else base.sampling
     return ProxyConfig(
-        tracing_service_name=override.tracing_service_name if fields.has("tracingServiceName") else base.tracing_service_name,
+        tracing_service_name=override.tracing_service_name
+        if fields.has("tracingServiceName")
+        else base.tracing_service_name,
         service_cluster=override.service_cluster or base.service_cluster,
         sampling=sampling,
         custom_tags=override.custom_tags or base.custom_tags,
@@ -153,11 +155,15 @@ def bootstrap(pod: Pod, mesh: MeshConfig, kind: str) -> dict[str, Any]:
         config.tracing_service_name, config.service_cluster, pod.labels, pod.owner, pod.namespace
     )
     env = {
-        "POD_NAME": pod.name, "POD_NAMESPACE": pod.namespace, "INSTANCE_IP": pod.ip,
-        "SERVICE_ACCOUNT": pod.service_account, "ISTIO_META_WORKLOAD_NAME": pod.owner,
-        "ISTIO_META_MESH_ID": mesh.mesh_id, "ISTIO_META_CLUSTER_ID": mesh.cluster_id,
+        "POD_NAME": pod.name,
+        "POD_NAMESPACE": pod.namespace,
+        "INSTANCE_IP": pod.ip,
+        "SERVICE_ACCOUNT": pod.service_account,
+        "ISTIO_META_WORKLOAD_NAME": pod.owner,
+        "ISTIO_META_MESH_ID": mesh.mesh_id,
+        "ISTIO_META_CLUSTER_ID": mesh.cluster_id,
         **dict(config.proxy_metadata),
-    }  # fmt: skip
+    }
     return {
         "node": {
             "id": naming.node_id(kind, pod.ip, pod.name, pod.namespace),
@@ -249,12 +255,22 @@ def build_containers(
     for raw in raw_containers:
         name = str(raw.get("name", "app"))
         env = _env(raw, pod, configmaps)
-        mounts = {str(m.get("mountPath")): str(volumes[m["name"]]) for m in raw.get("volumeMounts") or [] if m.get("name") in volumes}
+        mounts = {
+            str(m.get("mountPath")): str(volumes[m["name"]])
+            for m in raw.get("volumeMounts") or []
+            if m.get("name") in volumes
+        }
         listen = pod.local_ip if pod.injected else pod.ip
-        env.update({
-            "HOSTNAME": pod.name, "MESHTRACE_POD_IP": pod.ip, "MESHTRACE_POD_LOCALHOST": pod.local_ip,
-            "MESHTRACE_LISTEN_HOST": listen, "MESHTRACE_POD_NAME": pod.name, "MESHTRACE_POD_NAMESPACE": pod.namespace,
-        })  # fmt: skip
+        env.update(
+            {
+                "HOSTNAME": pod.name,
+                "MESHTRACE_POD_IP": pod.ip,
+                "MESHTRACE_POD_LOCALHOST": pod.local_ip,
+                "MESHTRACE_LISTEN_HOST": listen,
+                "MESHTRACE_POD_NAME": pod.name,
+                "MESHTRACE_POD_NAMESPACE": pod.namespace,
+            }
+        )
         for key, value in list(env.items()):
             env[key] = local_path(value, mounts) if value.startswith("/") else value
         proxy = proxy_url if pod.injected else node_proxy
@@ -263,12 +279,20 @@ def build_containers(
             env["NO_PROXY"] = env["no_proxy"] = f"localhost,127.0.0.1,{pod.local_ip}"
         ports = [int(p["containerPort"]) for p in raw.get("ports") or [] if "containerPort" in p]
         container = Container(name, str(raw.get("image", "")), None, env, ports, log=pod.directory / f"{name}.log")
-        container.named_ports = {str(p["name"]): int(p["containerPort"]) for p in raw.get("ports") or [] if p.get("name")}
+        container.named_ports = {
+            str(p["name"]): int(p["containerPort"]) for p in raw.get("ports") or [] if p.get("name")
+        }
         try:
             container.program = program_for(
-                container.image, name, [str(a) for a in raw.get("command") or []], [str(a) for a in raw.get("args") or []],
-                pod.annotations, env, mounts, single=len(raw_containers) == 1,
-            )  # fmt: skip
+                container.image,
+                name,
+                [str(a) for a in raw.get("command") or []],
+                [str(a) for a in raw.get("args") or []],
+                pod.annotations,
+                env,
+                mounts,
+                single=len(raw_containers) == 1,
+            )
         except ImageNotRunnable as exc:
             container.error = str(exc)
             container.reason = "ErrImageNeverPull"
@@ -283,4 +307,6 @@ def proxy_container(pod: Pod) -> Container:
     env = {"MESHTRACE_POD_IP": pod.ip, "MESHTRACE_POD_LOCALHOST": pod.local_ip, "POD_NAME": pod.name}
     config = str(pod.directory / "proxy.json")
     program = Program((*program_for(PROXY_IMAGE, "istio-proxy", [], [], {}, env, {}, True).argv, config), "proxy")
-    return Container("istio-proxy", PROXY_IMAGE, program, env, [15000, 15001], is_proxy=True, log=pod.directory / "istio-proxy.log")
+    return Container(
+        "istio-proxy", PROXY_IMAGE, program, env, [15000, 15001], is_proxy=True, log=pod.directory / "istio-proxy.log"
+    )

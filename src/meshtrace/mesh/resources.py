@@ -164,9 +164,12 @@ def parse(file: str, text: str, namespace: str | None = None, selector: str | No
                 continue
             if obj.api_version not in SUPPORTED[obj.kind]:
                 raise ResourceError(
-                    source, obj.describe(), "apiVersion", f"{obj.api_version!r} is not an API version of {obj.kind}",
+                    source,
+                    obj.describe(),
+                    "apiVersion",
+                    f"{obj.api_version!r} is not an API version of {obj.kind}",
                     f"use one of: {', '.join(SUPPORTED[obj.kind])}",
-                )  # fmt: skip
+                )
             if matcher is not None and not matcher.matches(obj.labels):
                 continue
             _namespace(obj, namespace)
@@ -199,9 +202,12 @@ def _check_shape(obj: Obj) -> None:
         raise ResourceError(source, obj.kind, "metadata.name", "is required", "name the object")
     if not _NAME.match(obj.name) or len(obj.name) > 253:
         raise ResourceError(
-            source, obj.describe(), "metadata.name", f"{obj.name!r} is not a valid name",
+            source,
+            obj.describe(),
+            "metadata.name",
+            f"{obj.name!r} is not a valid name",
             "use lower-case letters, digits, '-' and '.', starting and ending with a letter or digit",
-        )  # fmt: skip
+        )
     for key in ("labels", "annotations"):
         value = metadata.get(key)
         if value is not None and not isinstance(value, dict):
@@ -215,10 +221,12 @@ def _namespace(obj: Obj, namespace: str | None) -> None:
     given = obj.metadata.get("namespace")
     if given and namespace and given != namespace:
         raise ResourceError(
-            obj.source, obj.describe(), "metadata.namespace",
+            obj.source,
+            obj.describe(),
+            "metadata.namespace",
             f"the namespace from the provided object {given!r} does not match the namespace {namespace!r}",
             "drop -n, or make them agree",
-        )  # fmt: skip
+        )
     obj.metadata["namespace"] = given or namespace or "default"
 
 
@@ -267,7 +275,9 @@ class Selector:
             elif re.fullmatch(r"[\w./-]+", item):
                 requirements.append(Requirement(item, "exists"))
             else:
-                raise ResourceError(None, "", "-l", f"cannot parse the label selector {text!r}", "use key=value,key2!=v")
+                raise ResourceError(
+                    None, "", "-l", f"cannot parse the label selector {text!r}", "use key=value,key2!=v"
+                )
         return Selector(tuple(requirements))
 
     @staticmethod

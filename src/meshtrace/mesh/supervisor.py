@@ -70,8 +70,8 @@ class Supervisor:
             if pod.deleting:
                 self.on_change()
 
-    async def _wait_ready(self, pod: Pod, container: Container, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    async def _wait_ready(self, pod: Pod, container: Container, within: float) -> None:
+        deadline = time.monotonic() + within
         while time.monotonic() < deadline and not pod.deleting and not self.stopping:
             await self._probe(pod)
             if container.ready:
@@ -102,7 +102,7 @@ class Supervisor:
         for port in container.ports:
             try:
                 _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 1.0)
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 continue
             writer.close()
             with contextlib.suppress(OSError):
@@ -120,13 +120,18 @@ class Supervisor:
         environment = {k: os.environ[k] for k in _PASS_ENV if k in os.environ}
         environment.update(container.env)
         while not pod.deleting and not self.stopping:
-            with open(container.log, "ab") as output:
+            with open(container.log, "ab") as output:  # noqa: ASYNC230 - a local log file
                 started = time.monotonic()
                 try:
                     proc = await asyncio.create_subprocess_exec(
-                        *container.program.argv, stdout=output, stderr=asyncio.subprocess.STDOUT,
-                        stdin=asyncio.subprocess.DEVNULL, env=environment, cwd=str(pod.directory), start_new_session=True,
-                    )  # fmt: skip
+                        *container.program.argv,
+                        stdout=output,
+                        stderr=asyncio.subprocess.STDOUT,
+                        stdin=asyncio.subprocess.DEVNULL,
+                        env=environment,
+                        cwd=str(pod.directory),
+                        start_new_session=True,
+                    )
                 except OSError as exc:
                     output.write(f"[meshtrace] cannot start {container.program.argv[0]}: {exc}\n".encode())
                     container.reason = "CreateContainerError"
@@ -150,9 +155,11 @@ class Supervisor:
             container.restarts += 1
             container.state = "Waiting"
             container.reason = "CrashLoopBackOff" if ran < 10 else "Error"
-            with open(container.log, "ab") as output:
+            with open(container.log, "ab") as output:  # noqa: ASYNC230 - a local log file
                 output.write(f"[meshtrace] container exited with code {code}; restarting in {backoff:.0f}s\n".encode())
-            log.warning("%s/%s %s exited with %s; restarting in %.0fs", pod.namespace, pod.name, container.name, code, backoff)
+            log.warning(
+                "%s/%s %s exited with %s; restarting in %.0fs", pod.namespace, pod.name, container.name, code, backoff
+            )
             self.on_change()
             await asyncio.sleep(backoff)
 
@@ -164,7 +171,7 @@ class Supervisor:
             os.killpg(proc.pid, signal.SIGTERM)  # the group this supervisor created for the container
         try:
             await asyncio.wait_for(proc.wait(), GRACE_PERIOD)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()

@@ -30,7 +30,12 @@ class Summary:
 
 
 async def send(
-    url: str, count: int, rate: float | None, concurrency: int, on_done: object = None, headers: dict[str, str] | None = None
+    url: str,
+    count: int,
+    rate: float | None,
+    concurrency: int,
+    on_done: object = None,
+    headers: dict[str, str] | None = None,
 ) -> Summary:
     """``count`` GETs of ``url``; ``rate`` per second at most (``None``: as fast as ``concurrency`` allows)."""
     summary = Summary()

@@ -26,17 +26,31 @@ def pod_view(pod: Pod) -> dict[str, Any]:
         "labels": pod.labels,
         "annotations": pod.annotations,
         "details": [
-            {"name": c.name, "image": c.image, "state": c.state, "reason": c.reason or c.error, "ready": c.ready,
-             "restarts": c.restarts, "pid": c.pid, "exit_code": c.exit_code,
-             "command": list(c.program.argv) if c.program else [], "log": str(c.log)}
+            {
+                "name": c.name,
+                "image": c.image,
+                "state": c.state,
+                "reason": c.reason or c.error,
+                "ready": c.ready,
+                "restarts": c.restarts,
+                "pid": c.pid,
+                "exit_code": c.exit_code,
+                "command": list(c.program.argv) if c.program else [],
+                "log": str(c.log),
+            }
             for c in pod.containers
-        ],  # fmt: skip
+        ],
     }
 
 
 def object_view(obj: Obj, mesh: Mesh) -> dict[str, Any]:
-    out: dict[str, Any] = {"kind": obj.kind, "namespace": obj.namespace, "name": obj.name, "body": obj.body,
-                           "generation": obj.generation}  # fmt: skip
+    out: dict[str, Any] = {
+        "kind": obj.kind,
+        "namespace": obj.namespace,
+        "name": obj.name,
+        "body": obj.body,
+        "generation": obj.generation,
+    }
     if obj.kind == "Telemetry":
         proxies = [
             f"{pod.namespace}/{pod.name}"

@@ -1,7 +1,8 @@
 """The ``attributes`` processor (span and log-record attributes) and the ``resource`` processor.
 
 Actions, in order: ``insert`` (only if absent), ``update`` (only if present), ``upsert`` (either),
-``delete``; a value comes from ``value`` or ``from_attribute``. ``include``/``exclude`` limit the
+``delete``; a value comes from ``value``, ``from_attribute`` or ``from_context`` (``metadata.<header>``,
+kept by a receiver with ``include_metadata: true``). ``include``/``exclude`` limit the
 attributes processor to spans of some services or span names (``match_type`` strict or regexp, where
 regexp, as upstream's, matches anywhere in the text).
 """
@@ -25,10 +26,13 @@ class Action(Settings):
     action: Literal["insert", "update", "upsert", "delete"]
     value: str | bool | int | float | None = None
     from_attribute: str | None = None
+    # "metadata.<key>": a request header / gRPC metadata value kept by a receiver's include_metadata.
+    from_context: str | None = None
 
     @model_validator(mode="after")
     def _source(self) -> Action:
-        if self.action != "delete" and self.value is None and self.from_attribute is None:
+        sources = (self.value, self.from_attribute, self.from_context)
+        if self.action != "delete" and all(s is None for s in sources):
             raise ValueError(f'error creating AttrProc due to missing value field for "{self.key}"')
         return self
 
@@ -69,7 +73,7 @@ def any_value(value: str | bool | int | float) -> AnyValue:
     return AnyValue(string_value=str(value))
 
 
-def apply(actions: list[Action], attributes: Any) -> bool:
+def apply(actions: list[Action], attributes: Any, metadata: dict[str, tuple[str, ...]] | None = None) -> bool:
     """Run ``actions`` on a repeated KeyValue field; True if anything changed."""
     changed = False
     for action in actions:
@@ -79,7 +83,13 @@ def apply(actions: list[Action], attributes: Any) -> bool:
                 del attributes[index]
                 changed = True
             continue
-        if action.from_attribute is not None:
+        if action.from_context is not None:
+            key = action.from_context.removeprefix("metadata.").lower()
+            found = (metadata or {}).get(key)
+            if not found:
+                continue  # upstream: a missing key means no action
+            value = AnyValue(string_value=";".join(found))
+        elif action.from_attribute is not None:
             source = next((kv.value for kv in attributes if kv.key == action.from_attribute), None)
             if source is None:
                 continue
@@ -120,14 +130,14 @@ class AttributesProcessor(Component):
                 for ss in rs.scope_spans:
                     for span in ss.spans:
                         if self._selected(service, span.name):
-                            changed |= apply(self.settings.actions, span.attributes)
+                            changed |= apply(self.settings.actions, span.attributes, batch.metadata)
         else:
             for rl in message.resource_logs:
                 service = service_of(rl.resource)
                 for sl in rl.scope_logs:
                     for record in sl.log_records:
                         if self._selected(service, ""):
-                            changed |= apply(self.settings.actions, record.attributes)
+                            changed |= apply(self.settings.actions, record.attributes, batch.metadata)
         if changed:
             batch.changed()
         await self.next.consume(batch)

@@ -84,6 +84,13 @@ def migrate(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return {**raw, "protocols": protocols}, notes
 
 
+def _grouped(pairs: Any) -> dict[str, tuple[str, ...]]:
+    out: dict[str, tuple[str, ...]] = {}
+    for key, value in pairs:
+        out[key.lower()] = (*out.get(key.lower(), ()), value)
+    return out
+
+
 class OtlpReceiver(Receiver):
     def __init__(self, component_id: str, settings: OtlpReceiverSettings, telemetry: Telemetry) -> None:
         super().__init__(component_id, telemetry)
@@ -97,7 +104,10 @@ class OtlpReceiver(Receiver):
         async def export(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             try:
                 self.admit(signal, "grpc")
-                await self.push(Batch.parse(signal, request), "grpc")
+                metadata = None
+                if self.settings.protocols.grpc is not None and self.settings.protocols.grpc.include_metadata:
+                    metadata = _grouped((k, v) for k, v in context.invocation_metadata() or () if isinstance(v, str))
+                await self.push(Batch.parse(signal, request, metadata), "grpc")
             except PermanentError as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             except RetryableError as exc:
@@ -137,11 +147,12 @@ class OtlpReceiver(Receiver):
                     request.stream(), settings.max_request_body_size, request.headers.get("content-length")
                 )
                 body = decode_content(body, request.headers.get("content-encoding"), settings.max_request_body_size)
+                metadata = _grouped(request.headers.items()) if settings.include_metadata else None
                 if reply == PROTOBUF:
-                    batch = Batch.parse(signal, body)
+                    batch = Batch.parse(signal, body, metadata)
                 elif media == JSON or media.endswith("+json"):
                     message = parse_otlp_json_request(body, signal.request_type)
-                    batch = Batch(signal, message=message)
+                    batch = Batch(signal, message=message, metadata=metadata)
                 else:
                     raise UnsupportedMedia(f"Content-Type {media!r} is not OTLP; use {PROTOBUF} or {JSON}")
                 await self.push(batch, "http")

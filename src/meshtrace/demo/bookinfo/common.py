@@ -13,11 +13,28 @@ from starlette.requests import Request
 
 # productpage's getForwardHeaders (and the same list in reviews and details).
 FORWARDED = (
-    "x-request-id", "x-ot-span-context", "x-datadog-trace-id", "x-datadog-parent-id", "x-datadog-sampling-priority",
-    "traceparent", "tracestate", "x-cloud-trace-context", "grpc-trace-bin", "sw8", "user-agent", "cookie",
-    "authorization", "jwt", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags", "b3",
+    "x-request-id",
+    "x-ot-span-context",
+    "x-datadog-trace-id",
+    "x-datadog-parent-id",
+    "x-datadog-sampling-priority",
+    "traceparent",
+    "tracestate",
+    "x-cloud-trace-context",
+    "grpc-trace-bin",
+    "sw8",
+    "user-agent",
+    "cookie",
+    "authorization",
+    "jwt",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "b3",
     "end-user",
-)  # fmt: skip
+)
 
 log = logging.getLogger("bookinfo")
 
@@ -36,11 +53,11 @@ def client() -> httpx.AsyncClient:
     return httpx.AsyncClient(proxy=proxy, trust_env=False, limits=httpx.Limits(max_keepalive_connections=32))
 
 
-async def get_json(http: httpx.AsyncClient, url: str, headers: dict[str, str], timeout: float, tries: int = 1) -> Any:
+async def get_json(http: httpx.AsyncClient, url: str, headers: dict[str, str], seconds: float, tries: int = 1) -> Any:
     """GET ``url``; ``None`` when every try failed (error status, timeout or connection failure)."""
     for attempt in range(tries):
         try:
-            response = await http.get(url, headers=headers, timeout=timeout)
+            response = await http.get(url, headers=headers, timeout=seconds)
         except httpx.HTTPError as exc:
             log.warning("GET %s failed (try %d/%d): %s", url, attempt + 1, tries, exc)
             continue
@@ -54,7 +71,9 @@ def run(app: Starlette, port: int) -> None:
     """Serve on the address a Kubernetes container would bind 0.0.0.0 for (see ``meshtrace.mesh.pods``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host = os.environ.get("MESHTRACE_LISTEN_HOST", "127.0.0.1")
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, http="httptools", loop="uvloop")
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False, http="httptools", loop="uvloop"
+    )
     server = uvicorn.Server(config)
     log.info("listening on %s:%d", host, port)
     server.run()

@@ -10,9 +10,16 @@ from starlette.routing import Route
 
 def book(product_id: int) -> dict[str, object]:
     return {
-        "id": product_id, "author": "William Shakespeare", "year": 1595, "type": "paperback", "pages": 200,
-        "publisher": "PublisherA", "language": "English", "ISBN-10": "1234567890", "ISBN-13": "123-1234567890",
-    }  # fmt: skip
+        "id": product_id,
+        "author": "William Shakespeare",
+        "year": 1595,
+        "type": "paperback",
+        "pages": 200,
+        "publisher": "PublisherA",
+        "language": "English",
+        "ISBN-10": "1234567890",
+        "ISBN-13": "123-1234567890",
+    }
 
 
 async def details(request: Request) -> JSONResponse:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import html
 import os
-from urllib.parse import parse_qs
 from typing import Any
+from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -48,19 +48,28 @@ def page(product: dict[str, Any], details: Any, reviews: Any, user: str | None) 
     else:
         rows = "".join(
             f"<dt>{html.escape(label)}:</dt><dd>{html.escape(str(details.get(key, '')))}</dd>"
-            for label, key in (("Type", "type"), ("Pages", "pages"), ("Publisher", "publisher"),
-                               ("Language", "language"), ("ISBN-10", "ISBN-10"), ("ISBN-13", "ISBN-13"))
-        )  # fmt: skip
+            for label, key in (
+                ("Type", "type"),
+                ("Pages", "pages"),
+                ("Publisher", "publisher"),
+                ("Language", "language"),
+                ("ISBN-10", "ISBN-10"),
+                ("ISBN-13", "ISBN-13"),
+            )
+        )
         details_html = f"<h4>Book Details</h4><dl>{rows}</dl>"
     if reviews is None:
-        reviews_html = '<p class="text-danger"><em>Sorry, product reviews are currently unavailable for this book.</em></p>'
+        reviews_html = (
+            '<p class="text-danger"><em>Sorry, product reviews are currently unavailable for this book.</em></p>'
+        )
     else:
         items = "".join(
             f"<blockquote><p>{html.escape(r['text'])}</p><small>{html.escape(r['reviewer'])}</small>"
             f"{_stars(r.get('rating') or {})}</blockquote>"
             for r in reviews.get("reviews", [])
         )
-        reviews_html = f"<h4>Book Reviews</h4>{items}<dl><dt>Reviews served by:</dt><dd><u>{html.escape(str(reviews.get('podname', '')))}</u></dd></dl>"
+        served_by = html.escape(str(reviews.get("podname", "")))
+        reviews_html = f"<h4>Book Reviews</h4>{items}<dl><dt>Reviews served by:</dt><dd><u>{served_by}</u></dd></dl>"
     account = (
         f'<span>{html.escape(user)}</span> <a href="/logout">sign out</a>'
         if user
@@ -111,8 +120,8 @@ def app() -> Starlette:
     async def productpage(request: Request) -> HTMLResponse:
         counters["requests"] += 1
         product = PRODUCTS[0]
-        details = await fetch_details(request, product["id"])
-        reviews = await fetch_reviews(request, product["id"])
+        details = await fetch_details(request, 0)
+        reviews = await fetch_reviews(request, 0)
         return HTMLResponse(page(product, details, reviews, _user(request)))
 
     async def login(request: Request) -> Response:
@@ -134,7 +143,7 @@ def app() -> Starlette:
 
     async def metrics(request: Request) -> PlainTextResponse:
         return PlainTextResponse(
-            "# TYPE productpage_requests_total counter\n" f"productpage_requests_total {counters['requests']}\n"
+            f"# TYPE productpage_requests_total counter\nproductpage_requests_total {counters['requests']}\n"
         )
 
     async def products(request: Request) -> JSONResponse:
@@ -147,28 +156,40 @@ def app() -> Starlette:
     async def product(request: Request) -> JSONResponse:
         pid = product_id(request)
         data = await fetch_details(request, pid) if pid is not None else None
-        return JSONResponse(data if data is not None else {"error": "Sorry, product details are currently unavailable"},
-                            status_code=200 if data is not None else 503)  # fmt: skip
+        return JSONResponse(
+            data if data is not None else {"error": "Sorry, product details are currently unavailable"},
+            status_code=200 if data is not None else 503,
+        )
 
     async def product_reviews(request: Request) -> JSONResponse:
         pid = product_id(request)
         data = await fetch_reviews(request, pid) if pid is not None else None
-        return JSONResponse(data if data is not None else {"error": "Sorry, product reviews are currently unavailable"},
-                            status_code=200 if data is not None else 503)  # fmt: skip
+        return JSONResponse(
+            data if data is not None else {"error": "Sorry, product reviews are currently unavailable"},
+            status_code=200 if data is not None else 503,
+        )
 
     async def product_ratings(request: Request) -> JSONResponse:
         pid = product_id(request)
         headers = forward_headers(request, _user(request))
         data = await get_json(http, f"{ratings_url}/ratings/{pid}", headers, 3.0) if pid is not None else None
-        return JSONResponse(data if data is not None else {"error": "Sorry, product ratings are currently unavailable"},
-                            status_code=200 if data is not None else 503)  # fmt: skip
+        return JSONResponse(
+            data if data is not None else {"error": "Sorry, product ratings are currently unavailable"},
+            status_code=200 if data is not None else 503,
+        )
 
     return Starlette(
         routes=[
-            Route("/", index), Route("/index.html", index), Route("/productpage", productpage),
-            Route("/login", login, methods=["POST"]), Route("/logout", logout), Route("/health", health),
-            Route("/metrics", metrics), Route("/api/v1/products", products), Route("/api/v1/products/{id}", product),
+            Route("/", index),
+            Route("/index.html", index),
+            Route("/productpage", productpage),
+            Route("/login", login, methods=["POST"]),
+            Route("/logout", logout),
+            Route("/health", health),
+            Route("/metrics", metrics),
+            Route("/api/v1/products", products),
+            Route("/api/v1/products/{id}", product),
             Route("/api/v1/products/{id}/reviews", product_reviews),
             Route("/api/v1/products/{id}/ratings", product_ratings),
         ]
-    )  # fmt: skip
+    )

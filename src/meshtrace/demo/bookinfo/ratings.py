@@ -35,6 +35,9 @@ def app() -> Starlette:
         return JSONResponse({"status": "Ratings is healthy"})
 
     return Starlette(
-        routes=[Route("/ratings/{id}", get, methods=["GET"]), Route("/ratings/{id}", post, methods=["POST"]),
-                Route("/health", health)]
-    )  # fmt: skip
+        routes=[
+            Route("/ratings/{id}", get, methods=["GET"]),
+            Route("/ratings/{id}", post, methods=["POST"]),
+            Route("/health", health),
+        ]
+    )

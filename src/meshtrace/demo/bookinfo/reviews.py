@@ -14,7 +14,10 @@ from meshtrace.demo.bookinfo.common import client, forward_headers, get_json
 
 REVIEWS = (
     ("Reviewer1", "An extremely entertaining play by Shakespeare. The slapstick humour is refreshing!"),
-    ("Reviewer2", "Absolutely fun and entertaining. The play lacks thematic depth when compared to other plays by Shakespeare."),
+    (
+        "Reviewer2",
+        "Absolutely fun and entertaining. The play lacks thematic depth when compared to other plays by Shakespeare.",
+    ),
 )
 VERSIONS = {"v1": (False, "black", 0.0), "v2": (True, "black", 10.0), "v3": (True, "red", 2.5)}
 
@@ -41,7 +44,9 @@ def app(version: str) -> Starlette:
                     stars = (ratings.get("ratings") or {}).get(reviewer)
                     item["rating"] = {"stars": stars, "color": color} if stars is not None else {}
             items.append(item)
-        return JSONResponse({"id": raw, "podname": os.environ.get("HOSTNAME", ""), "clustername": "null", "reviews": items})
+        return JSONResponse(
+            {"id": raw, "podname": os.environ.get("HOSTNAME", ""), "clustername": "null", "reviews": items}
+        )
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "Reviews is healthy"})

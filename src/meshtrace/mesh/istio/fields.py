@@ -89,7 +89,9 @@ class Fields:
     def strict(self, message_type: str) -> None:
         """Unknown fields are errors, as protobuf's strict JSON parsing makes them for istioctl."""
         for key in self.unknown():
-            raise self.error(key, f"unknown field {key!r} in {message_type}", "check the spelling against the Istio API")
+            raise self.error(
+                key, f"unknown field {key!r} in {message_type}", "check the spelling against the Istio API"
+            )
 
 
 def duration(text: Any, fields: Fields, name: str) -> float:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshtrace.mesh.istio.fields import Fields, duration
-from meshtrace.mesh.resources import Obj, ResourceError
+from meshtrace.mesh.resources import Obj
 
 SERVICE_NAME_MODES = ("APP_LABEL_AND_NAMESPACE", "CANONICAL_NAME_ONLY", "CANONICAL_NAME_AND_NAMESPACE")
 TRACING_PROVIDERS = ("opentelemetry", "zipkin")
@@ -33,10 +33,25 @@ NON_TRACING = {
     "skywalking": "is not run by the local mesh",
 }
 _OTEL_FIELDS = (
-    "service", "port", "maxTagLength", "http", "grpc", "resourceDetectors", "dynatraceSampler",
+    "service",
+    "port",
+    "maxTagLength",
+    "http",
+    "grpc",
+    "resourceDetectors",
+    "dynatraceSampler",
     "serviceAttributeEnrichment",
-)  # fmt: skip
-_ZIPKIN_FIELDS = ("service", "port", "maxTagLength", "enable64bitTraceId", "path", "traceContextOption", "timeout", "headers")
+)
+_ZIPKIN_FIELDS = (
+    "service",
+    "port",
+    "maxTagLength",
+    "enable64bitTraceId",
+    "path",
+    "traceContextOption",
+    "timeout",
+    "headers",
+)
 _FQDN_LABEL = re.compile(r"^[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
 
 
@@ -170,9 +185,10 @@ def parse_mesh(mesh: Fields, pilot_trace_sampling: float = 1.0, mesh_id: str = "
         provider = _provider(Fields(raw, f"{mesh.path}.extensionProviders[{index}]", mesh.source, mesh.what), index)
         if provider.name in names:
             raise mesh.error(
-                f"extensionProviders[{index}].name", f"duplicate extension provider name {provider.name!r}",
+                f"extensionProviders[{index}].name",
+                f"duplicate extension provider name {provider.name!r}",
                 "give each provider a unique name",
-            )  # fmt: skip
+            )
         names.add(provider.name)
         providers.append(provider)
     return MeshConfig(
@@ -192,12 +208,15 @@ def parse_proxy_config(proxy: Fields) -> ProxyConfig:
     cluster = proxy.string("serviceCluster", "")
     if mode and cluster:
         raise proxy.error(
-            "tracingServiceName", "only one of serviceCluster and tracingServiceName may be set",
+            "tracingServiceName",
+            "only one of serviceCluster and tracingServiceName may be set",
             "remove serviceCluster (deprecated)",
-        )  # fmt: skip
+        )
     if mode and mode not in SERVICE_NAME_MODES:
         raise proxy.error(
-            "tracingServiceName", f"{mode!r} is not a tracing service name mode", f"use one of {', '.join(SERVICE_NAME_MODES)}"
+            "tracingServiceName",
+            f"{mode!r} is not a tracing service name mode",
+            f"use one of {', '.join(SERVICE_NAME_MODES)}",
         )
     tracing = proxy.sub("tracing")
     sampling = tracing.number("sampling")
@@ -211,8 +230,12 @@ def parse_proxy_config(proxy: Fields) -> ProxyConfig:
         raise tracing.error("customTags", "must be a mapping of tag name to tag")
     for name, tag in tags.items():
         if tag is None:
-            raise tracing.error(f"customTags.{name}", "a custom tag may not be empty", "give it literal, environment or header")
-        custom_tags.append(parse_custom_tag(str(name), Fields(tag, f"{tracing.path}.customTags.{name}", proxy.source, proxy.what)))
+            raise tracing.error(
+                f"customTags.{name}", "a custom tag may not be empty", "give it literal, environment or header"
+            )
+        custom_tags.append(
+            parse_custom_tag(str(name), Fields(tag, f"{tracing.path}.customTags.{name}", proxy.source, proxy.what))
+        )
     max_path = tracing.number("maxPathTagLength")
     metadata = proxy.get("proxyMetadata") or {}
     if not isinstance(metadata, dict):
@@ -259,9 +282,10 @@ def _provider(fields: Fields, index: int) -> ExtensionProvider:
     if not service or not valid_host(service):
         shown = repr(service) if service else "empty"
         raise body.error(
-            "service", f"{shown} is not a valid FQDN, IP or namespace/host",
+            "service",
+            f"{shown} is not a valid FQDN, IP or namespace/host",
             "use the collector Service's FQDN, e.g. opentelemetry-collector.observability.svc.cluster.local",
-        )  # fmt: skip
+        )
     port = body.number("port")
     if port is None or not 1 <= port <= 65535 or port != int(port):
         raise body.error("port", f"{port!r} is not a port (1..65535)", "use 4317 for OTLP/gRPC or 4318 for OTLP/HTTP")
@@ -271,8 +295,11 @@ def _provider(fields: Fields, index: int) -> ExtensionProvider:
     if kind == "zipkin":
         return _zipkin(name, body, service, int(port), max_tag, index)
     if body.has("http") and body.has("grpc"):
-        raise body.error("", "may set http or grpc, not both", "remove one: http means OTLP/HTTP, no http means OTLP/gRPC")
-    transport, path, timeout, headers = "grpc", "", 5.0, ()
+        raise body.error(
+            "", "may set http or grpc, not both", "remove one: http means OTLP/HTTP, no http means OTLP/gRPC"
+        )
+    transport, path, timeout = "grpc", "", 5.0
+    headers: tuple[tuple[str, str], ...] = ()
     if body.has("http"):
         http = body.sub("http")
         transport = "http"
@@ -292,9 +319,18 @@ def _provider(fields: Fields, index: int) -> ExtensionProvider:
         body.get(known)
     body.strict("OpenTelemetryTracingProvider")
     return ExtensionProvider(
-        name=name, kind=kind, service=service, port=int(port), transport=transport, path=path, timeout=timeout,
-        headers=headers, max_tag_length=max_tag, environment_detector=environment, index=index,
-    )  # fmt: skip
+        name=name,
+        kind=kind,
+        service=service,
+        port=int(port),
+        transport=transport,
+        path=path,
+        timeout=timeout,
+        headers=headers,
+        max_tag_length=max_tag,
+        environment_detector=environment,
+        index=index,
+    )
 
 
 def _zipkin(name: str, body: Fields, service: str, port: int, max_tag: int, index: int) -> ExtensionProvider:
@@ -307,11 +343,19 @@ def _zipkin(name: str, body: Fields, service: str, port: int, max_tag: int, inde
         body.get(known)
     body.strict("ZipkinTracingProvider")
     return ExtensionProvider(
-        name=name, kind="zipkin", service=service, port=port, transport="http",
-        path=body.string("path", "/api/v2/spans"), timeout=timeout, headers=headers, max_tag_length=max_tag,
-        b3_with_w3c=option == "USE_B3_WITH_W3C_PROPAGATION", trace_id_64bit=bool(body.boolean("enable64bitTraceId")),
+        name=name,
+        kind="zipkin",
+        service=service,
+        port=port,
+        transport="http",
+        path=body.string("path", "/api/v2/spans"),
+        timeout=timeout,
+        headers=headers,
+        max_tag_length=max_tag,
+        b3_with_w3c=option == "USE_B3_WITH_W3C_PROPAGATION",
+        trace_id_64bit=bool(body.boolean("enable64bitTraceId")),
         index=index,
-    )  # fmt: skip
+    )
 
 
 def _headers(fields: Fields, key: str) -> tuple[tuple[str, str], ...]:
@@ -324,9 +368,7 @@ def _headers(fields: Fields, key: str) -> tuple[tuple[str, str], ...]:
         name = header.string("name")
         if not name:
             raise header.error("name", "is required")
-        if header.has("envName"):
-            value = os.environ.get(header.string("envName"), "")
-        else:
-            value = header.string("value")
+        env_name = header.string("envName")
+        value = os.environ.get(env_name, "") if env_name else header.string("value")
         out.append((name, value))
     return tuple(out)

@@ -16,7 +16,9 @@ def canonical_name(labels: dict[str, str], workload: str) -> str:
 
 
 def canonical_revision(labels: dict[str, str]) -> str:
-    return labels.get(CANONICAL_REVISION) or labels.get("app.kubernetes.io/version") or labels.get("version") or "latest"
+    return (
+        labels.get(CANONICAL_REVISION) or labels.get("app.kubernetes.io/version") or labels.get("version") or "latest"
+    )
 
 
 def _or_default(name: str, labels: dict[str, str], workload: str, namespace: str) -> str:

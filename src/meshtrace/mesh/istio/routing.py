@@ -154,19 +154,23 @@ def _http_route(route: Fields, namespace: str) -> HttpRoute:
         port = destination.sub("port").number("number")
         weight = entry.number("weight")
         destinations.append(
-            Destination(fqdn(host, namespace), int(port) if port else None, destination.string("subset"),
-                        int(weight) if weight is not None else 0)
-        )  # fmt: skip
+            Destination(
+                fqdn(host, namespace),
+                int(port) if port else None,
+                destination.string("subset"),
+                int(weight) if weight is not None else 0,
+            )
+        )
     if len(destinations) > 1 and sum(d.weight for d in destinations) not in (0, 100):
         raise route.error("route", "the weights of the destinations must add up to 100", "fix the weights")
     rewrite = route.sub("rewrite")
     timeout = duration(route.get("timeout"), route, "timeout") if route.has("timeout") else None
-    return HttpRoute(
-        tuple(matches), tuple(destinations), rewrite.get("uri"), rewrite.get("authority"), timeout
-    )
+    return HttpRoute(tuple(matches), tuple(destinations), rewrite.get("uri"), rewrite.get("authority"), timeout)
 
 
-def operation(match: Match | None, destinations: tuple[Destination, ...], ports: list[int], vs_name: str, listener_port: int) -> str:
+def operation(
+    match: Match | None, destinations: tuple[Destination, ...], ports: list[int], vs_name: str, listener_port: int
+) -> str:
     """The route decorator, which names the spans of requests it routes."""
     path = "/*"
     if match is not None and match.uri_kind == "exact":

@@ -67,7 +67,9 @@ def parse_telemetry(obj: Obj) -> Telemetry:
     entries = spec.items("tracing")
     if len(entries) > 1:
         warnings.append("multiple tracing configurations are not currently supported; they are applied in order")
-    rules = [_rule(Fields(raw, f"spec.tracing[{i}]", obj.source, obj.describe()), warnings) for i, raw in enumerate(entries)]
+    rules = [
+        _rule(Fields(raw, f"spec.tracing[{i}]", obj.source, obj.describe()), warnings) for i, raw in enumerate(entries)
+    ]
     spec.get("metrics")
     spec.get("accessLogging")
     return Telemetry(obj.namespace, obj.name, obj.created, selector, tuple(refs), tuple(rules), tuple(warnings))
@@ -97,8 +99,12 @@ def _rule(entry: Fields, warnings: list[str]) -> TracingRule:
         parsed = []
         for name, tag in raw.items():
             if tag is None:
-                raise entry.error(f"customTags.{name}", "tag must have a type", "give it literal, environment or header")
-            parsed.append(parse_custom_tag(str(name), Fields(tag, f"{entry.path}.customTags.{name}", entry.source, entry.what)))
+                raise entry.error(
+                    f"customTags.{name}", "tag must have a type", "give it literal, environment or header"
+                )
+            parsed.append(
+                parse_custom_tag(str(name), Fields(tag, f"{entry.path}.customTags.{name}", entry.source, entry.what))
+            )
         tags = tuple(parsed)
     return TracingRule(
         mode=mode,
@@ -146,9 +152,9 @@ def applicable(telemetries: list[Telemetry], namespace: str, labels: dict[str, s
         if local:
             chosen.append(local[0])
     for telemetry in ordered:
-        if telemetry.namespace == namespace and telemetry.selector is not None:
-            if Selector.from_labels(telemetry.selector).matches(labels):
-                chosen.append(telemetry)
+        selector = telemetry.selector
+        if telemetry.namespace == namespace and selector is not None and Selector.from_labels(selector).matches(labels):
+            chosen.append(telemetry)
     return chosen
 
 
@@ -182,8 +188,13 @@ def _apply(spec: SideSpec, rule: TracingRule, mesh: MeshConfig) -> SideSpec:
         spec = _with_provider(spec, rule.provider, mesh)
     changes: dict[str, object] = {}
     for name in (
-        "sampling", "disable_span_reporting", "use_request_id", "istio_tags", "disable_context_propagation", "custom_tags",
-    ):  # fmt: skip
+        "sampling",
+        "disable_span_reporting",
+        "use_request_id",
+        "istio_tags",
+        "disable_context_propagation",
+        "custom_tags",
+    ):
         value = getattr(rule, name)
         if value is not None:
             changes[name] = value

@@ -99,7 +99,9 @@ class Exporter:
             self.stats["spans_dropped"] += len(batch)
             message = f"{type(exc).__name__}: {exc}"
             if message != self.last_error:
-                log.warning("export of %d spans to %s (%s) failed: %s", len(batch), self.provider.name, endpoint, message)
+                log.warning(
+                    "export of %d spans to %s (%s) failed: %s", len(batch), self.provider.name, endpoint, message
+                )
             self.last_error = message
             return False
         self.stats["exports_ok"] += 1

@@ -26,24 +26,58 @@ CONNECT_TIMEOUT = 10.0
 MAX_ATTEMPTS = 3  # Istio's default route retry policy: 2 retries on connect failure and reset
 
 # Headers the proxy manages itself: captured, then written again (or replaced) upstream.
-MANAGED = frozenset((
-    b"host", b"x-request-id", b"x-forwarded-proto", b"traceparent", b"tracestate", b"x-envoy-decorator-operation",
-    b"content-length", b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags", b"b3",
-    b"expect",
-))  # fmt: skip
+MANAGED = frozenset(
+    (
+        b"host",
+        b"x-request-id",
+        b"x-forwarded-proto",
+        b"traceparent",
+        b"tracestate",
+        b"x-envoy-decorator-operation",
+        b"content-length",
+        b"x-b3-traceid",
+        b"x-b3-spanid",
+        b"x-b3-parentspanid",
+        b"x-b3-sampled",
+        b"x-b3-flags",
+        b"b3",
+        b"expect",
+    )
+)
 # Passed through unchanged, but the proxy reads them too.
 OBSERVED = frozenset((b"user-agent", b"x-client-trace-id", b"x-envoy-force-trace"))
-HOP_BY_HOP = frozenset((
-    b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"te", b"upgrade", b"trailer",
-    b"proxy-authorization",
-))  # fmt: skip
+HOP_BY_HOP = frozenset(
+    (
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"te",
+        b"upgrade",
+        b"trailer",
+        b"proxy-authorization",
+    )
+)
 _RESPONSE_DROP = HOP_BY_HOP | {b"content-length", b"x-envoy-upstream-service-time"}
 _REASONS = {
-    200: b"OK", 201: b"Created", 204: b"No Content", 301: b"Moved Permanently", 302: b"Found",
-    304: b"Not Modified", 400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
-    413: b"Payload Too Large", 431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
-    501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
-}  # fmt: skip
+    200: b"OK",
+    201: b"Created",
+    204: b"No Content",
+    301: b"Moved Permanently",
+    302: b"Found",
+    304: b"Not Modified",
+    400: b"Bad Request",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    413: b"Payload Too Large",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
 
 
 class Handler(Protocol):
@@ -101,10 +135,28 @@ class Exchange:
     """One request and its response, with what the listener attached (route, spans, tags)."""
 
     __slots__ = (
-        "attempts", "body", "cluster", "down", "endpoint", "flags", "headers", "keep_alive", "lines", "method",
-        "note", "response_bytes", "response_started", "span", "started", "status", "target", "upstream",
-        "upstream_head", "upstream_span", "version",
-    )  # fmt: skip
+        "attempts",
+        "body",
+        "cluster",
+        "down",
+        "endpoint",
+        "flags",
+        "headers",
+        "keep_alive",
+        "lines",
+        "method",
+        "note",
+        "response_bytes",
+        "response_started",
+        "span",
+        "started",
+        "status",
+        "target",
+        "upstream",
+        "upstream_head",
+        "upstream_span",
+        "version",
+    )
 
     def __init__(self, down: Downstream, method: bytes, target: bytes, version: str, keep_alive: bool) -> None:
         self.down = down
@@ -147,7 +199,7 @@ class Exchange:
     async def _connect(self) -> None:
         try:
             upstream = await self.down.pool.connect(self.endpoint)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             if self.down.closed:
                 return self.down.finish(self)
             if self.attempts < MAX_ATTEMPTS:
@@ -173,7 +225,9 @@ class Exchange:
             return self._attempt(None)
         if not self.response_started:
             return self.local_reply(
-                503, "upstream connect error or disconnect/reset before headers. reset reason: connection termination", "UC"
+                503,
+                "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+                "UC",
             )
         self.flags = "UPE" if self.status else "UC"
         self.down.abort(self)
@@ -187,8 +241,10 @@ class Exchange:
         self.flags = flags
         self.response_bytes = len(payload)
         head = b"HTTP/1.1 %d %s\r\ncontent-length: %d\r\ncontent-type: text/plain\r\n" % (
-            status, _REASONS.get(status, b"Unknown"), len(payload),
-        )  # fmt: skip
+            status,
+            _REASONS.get(status, b"Unknown"),
+            len(payload),
+        )
         head += extra + b"date: " + _date() + b"\r\nserver: istio-envoy\r\n"
         if not self.keep_alive:
             head += b"connection: close\r\n"
@@ -358,8 +414,10 @@ class Downstream(asyncio.Protocol):
     def _reject(self, status: int, reason: str) -> None:
         body = reason.encode()
         head = b"HTTP/1.1 %d %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % (
-            status, _REASONS.get(status, b"Error"), len(body),
-        )  # fmt: skip
+            status,
+            _REASONS.get(status, b"Error"),
+            len(body),
+        )
         if self.transport is not None:
             self.transport.write(head + body)
             self.transport.close()
@@ -505,7 +563,11 @@ class Upstream(asyncio.Protocol):
         self.exchange = None
         exchange.upstream = None
         head, self._head = self._head, None
-        tail = b"0\r\n\r\n" if self._length is None and exchange.method != b"HEAD" and exchange.status not in (204, 304) else b""
+        tail = (
+            b"0\r\n\r\n"
+            if self._length is None and exchange.method != b"HEAD" and exchange.status not in (204, 304)
+            else b""
+        )
         if head is not None:
             exchange.down.write(head + tail)
         elif tail:

@@ -247,7 +247,11 @@ class OutboundListener:
         if endpoint is None:
             exchange.local_reply(503, "no healthy upstream", "UH")
             return
-        extra += _trace_headers(exchange, tracer, span) if self.traced else _copy(headers, (b"traceparent", b"tracestate", *_B3))
+        extra += (
+            _trace_headers(exchange, tracer, span)
+            if self.traced
+            else _copy(headers, (b"traceparent", b"tracestate", *_B3))
+        )
         exchange.forward(endpoint, _head(exchange, path, host_bytes, request_id, extra))
 
     def complete(self, exchange: Exchange) -> None:
@@ -442,7 +446,9 @@ class AdminListener:
 def _json(exchange: Exchange, data: Any) -> None:
     body = orjson.dumps(data)
     exchange.status = 200
-    exchange.down.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+    exchange.down.write(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+    )
     exchange.down.finish(exchange)
 
 

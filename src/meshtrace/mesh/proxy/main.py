@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from meshtrace.mesh.proxy.config import ProxyConfig, Provider
+from meshtrace.mesh.proxy.config import Provider, ProxyConfig
 from meshtrace.mesh.proxy.export import Exporter
 from meshtrace.mesh.proxy.http1 import Downstream, Handler, Pool
 from meshtrace.mesh.proxy.listeners import (
@@ -66,8 +66,11 @@ class Proxy:
             exporter = self.exporters[key] = Exporter(provider, resource)
             log.info(
                 "tracing to %s (%s %s) at %s",
-                provider.name, provider.kind, provider.transport, ", ".join(provider.endpoints) or "no endpoints",
-            )  # fmt: skip
+                provider.name,
+                provider.kind,
+                provider.transport,
+                ", ".join(provider.endpoints) or "no endpoints",
+            )
         return exporter
 
     def _compile(self, config: ProxyConfig) -> State:
@@ -172,9 +175,7 @@ class Proxy:
             loop.add_signal_handler(sig, self.stopping.set)
         watcher = asyncio.create_task(self.watch())
         config = self.holder.state.config
-        log.info(
-            "%s %s ready (configuration version %d)", config.node.kind, config.node.id, config.version
-        )
+        log.info("%s %s ready (configuration version %d)", config.node.kind, config.node.id, config.version)
         await self.stopping.wait()
         log.info("draining")
         for server in self.servers.values():
@@ -199,17 +200,15 @@ def main(argv: list[str] | None = None) -> int:
         level=os.environ.get("MESHTRACE_PROXY_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        uvloop = None
     proxy_path = Path(args[0])
 
     async def start() -> None:
         await Proxy(proxy_path).run()
 
-    if uvloop is not None:
-        uvloop.run(start())
-    else:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         asyncio.run(start())
+    else:
+        uvloop.run(start())
     return 0

@@ -168,10 +168,19 @@ class Finished:
 _KEYS = {
     k: spanwire.attribute_key(k)
     for k in (
-        "guid:x-request-id", "http.url", "http.method", "user_agent", "peer.address", "guid:x-client-trace-id",
-        "request_size", "response_size", "http.status_code", "response_flags", "upstream_address",
+        "guid:x-request-id",
+        "http.url",
+        "http.method",
+        "user_agent",
+        "peer.address",
+        "guid:x-client-trace-id",
+        "request_size",
+        "response_size",
+        "http.status_code",
+        "response_flags",
+        "upstream_address",
     )
-}  # fmt: skip
+}
 _STATIC = {
     "downstream_cluster": spanwire.string_attributes([("downstream_cluster", "-")]),
     "http.protocol": spanwire.string_attributes([("http.protocol", "HTTP/1.1")]),
@@ -211,13 +220,15 @@ class SideTracer:
         assert self.spec is not None
         tags: dict[str, str] = {}
         if self.spec.istio_tags:
-            tags.update({
-                "istio.canonical_revision": self.node.canonical_revision,
-                "istio.canonical_service": self.node.canonical_service,
-                "istio.mesh_id": self.node.mesh_id,
-                "istio.namespace": self.node.namespace,
-                "istio.cluster_id": self.node.cluster_id,
-            })  # fmt: skip
+            tags.update(
+                {
+                    "istio.canonical_revision": self.node.canonical_revision,
+                    "istio.canonical_service": self.node.canonical_service,
+                    "istio.mesh_id": self.node.mesh_id,
+                    "istio.namespace": self.node.namespace,
+                    "istio.cluster_id": self.node.cluster_id,
+                }
+            )
         for tag in self.spec.custom_tags:
             if tag.kind == "literal":
                 tags[tag.name] = tag.value
@@ -262,7 +273,9 @@ class SideTracer:
 
     def child(self, parent: Span, name: str) -> Span:
         """The gateway's upstream span (Envoy's ``spawn_upstream_span``)."""
-        return Span(parent.trace_id, _new_id(8), parent.span_id, parent.sampled, spanwire.CLIENT, name, parent.trace_state)
+        return Span(
+            parent.trace_id, _new_id(8), parent.span_id, parent.sampled, spanwire.CLIENT, name, parent.trace_state
+        )
 
     def inject(self, span: Span) -> bytes:
         """Header lines carrying ``span`` to the upstream."""
@@ -334,10 +347,18 @@ class SideTracer:
         parts += self._common(span, done)
         self.sink(
             spanwire.encode_span(
-                span.trace_id, span.span_id, span.parent_id, self._name(span.name), span.kind, span.start_ns,
-                _time_ns(), b"".join(parts), self._status(span, done.status), span.trace_state,
+                span.trace_id,
+                span.span_id,
+                span.parent_id,
+                self._name(span.name),
+                span.kind,
+                span.start_ns,
+                _time_ns(),
+                b"".join(parts),
+                self._status(span, done.status),
+                span.trace_state,
             )
-        )  # fmt: skip
+        )
 
     def finish_upstream(self, span: Span, done: Finished) -> None:
         """Envoy's ``finalizeUpstreamSpan`` for the gateway's upstream child span."""
@@ -353,10 +374,18 @@ class SideTracer:
         parts += self._common(span, done, upstream=True)
         self.sink(
             spanwire.encode_span(
-                span.trace_id, span.span_id, span.parent_id, self._name(span.name), span.kind, span.start_ns,
-                _time_ns(), b"".join(parts), self._status(span, done.status), span.trace_state,
+                span.trace_id,
+                span.span_id,
+                span.parent_id,
+                self._name(span.name),
+                span.kind,
+                span.start_ns,
+                _time_ns(),
+                b"".join(parts),
+                self._status(span, done.status),
+                span.trace_state,
             )
-        )  # fmt: skip
+        )
 
     def _common(self, span: Span, done: Finished, upstream: bool = False) -> list[bytes]:
         """``setCommonTags``: component, cluster, status code, flags, error, then the custom tags."""
@@ -395,14 +424,26 @@ class SideTracer:
 
     def _zipkin(self, span: Span, done: Finished, upstream: bool) -> dict[str, Any]:
         """A Zipkin v2 JSON span, as Envoy's Zipkin tracer reports it."""
-        tags: dict[str, str] = {"component": "proxy", "http.status_code": str(done.status), "response_flags": done.flags}
+        tags: dict[str, str] = {
+            "component": "proxy",
+            "http.status_code": str(done.status),
+            "response_flags": done.flags,
+        }
         if not upstream:
-            tags.update({
-                "node_id": self.node.id, "guid:x-request-id": done.request_id, "http.url": done.url,
-                "http.method": done.method, "downstream_cluster": "-", "user_agent": done.user_agent,
-                "http.protocol": "HTTP/1.1", "peer.address": done.peer_address,
-                "request_size": str(done.request_size), "response_size": str(done.response_size),
-            })  # fmt: skip
+            tags.update(
+                {
+                    "node_id": self.node.id,
+                    "guid:x-request-id": done.request_id,
+                    "http.url": done.url,
+                    "http.method": done.method,
+                    "downstream_cluster": "-",
+                    "user_agent": done.user_agent,
+                    "http.protocol": "HTTP/1.1",
+                    "peer.address": done.peer_address,
+                    "request_size": str(done.request_size),
+                    "response_size": str(done.response_size),
+                }
+            )
         if done.cluster is not None:
             tags["upstream_cluster"] = done.cluster.name
             tags["upstream_cluster.name"] = done.cluster.observability_name

@@ -1,0 +1,265 @@
+"""The proxy as a real process: a real upstream application, real OTLP/gRPC export to a real backend.
+
+Pod addresses are taken from a loopback block of this test module's own.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import TOKENS, ServerProcess, jaeger_trace, token_args, wait_until
+
+BLOCK = 30 + 2 * random.randrange(0, 40)
+POD = f"127.{BLOCK}.0.2"
+LOCAL = f"127.{BLOCK + 1}.0.2"
+APPS = [f"127.{BLOCK + 1}.0.{n}" for n in (3, 4)]
+DEAD = f"127.{BLOCK + 1}.0.9:9"  # nothing listens here
+
+
+class Echo(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: Any) -> None:
+        return
+
+    def _reply(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length) if length else b""
+        if self.path.startswith("/status/"):
+            code = int(self.path.rsplit("/", 1)[1])
+            self.send_response(code)
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        doc = {"server": self.server.server_address[0], "method": self.command, "path": self.path,
+               "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body.decode()}  # fmt: skip
+        payload = json.dumps(doc).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        if self.path.startswith("/chunked"):
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            if self.command != "HEAD":
+                for i in range(0, len(payload), 7):
+                    part = payload[i : i + 7]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                self.wfile.write(b"0\r\n\r\n")
+            return
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    do_GET = do_POST = do_HEAD = _reply
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = ServerProcess(tmp_path_factory.mktemp("backend"), *token_args(), "--flush-interval", "50ms").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def apps() -> Iterator[None]:
+    servers = [ThreadingHTTPServer((host, 9080), Echo) for host in (LOCAL, *APPS)]
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
+    for thread in threads:
+        thread.start()
+    yield
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def config(backend: ServerProcess, version: int, sampling: float = 100.0) -> dict[str, Any]:
+    provider = {"name": "otel", "kind": "opentelemetry", "service": "backend.test.svc.cluster.local", "port": 4317,
+                "endpoints": [backend.grpc], "headers": [["authentication", TOKENS["acme"]]]}  # fmt: skip
+    spec = {"provider": provider, "sampling": sampling}
+    fqdn = "echo.default.svc.cluster.local"
+    clusters = [
+        {"name": f"outbound|9080||{fqdn}", "service": fqdn, "port": 9080, "endpoints": [f"{POD}:9080"]},
+        {"name": "outbound|9080||multi.default.svc.cluster.local", "service": "multi.default.svc.cluster.local",
+         "port": 9080, "endpoints": [f"{a}:9080" for a in APPS]},
+        {"name": "outbound|9080||empty.default.svc.cluster.local", "service": "", "port": 9080, "endpoints": []},
+        {"name": "outbound|9080||dead.default.svc.cluster.local", "service": "", "port": 9080, "endpoints": [DEAD]},
+    ]  # fmt: skip
+    hosts = {f"{name}:9080": [f"outbound|9080||{name}.default.svc.cluster.local", f"{name}.default.svc.cluster.local:9080/*"]
+             for name in ("echo", "multi", "empty", "dead")}  # fmt: skip
+    return {
+        "version": version,
+        "node": {"id": f"sidecar~{POD}~echo-1.default~default.svc.cluster.local", "kind": "sidecar", "pod": "echo-1",
+                 "namespace": "default", "pod_ip": POD, "service_cluster": "echo.default", "canonical_service": "echo",
+                 "canonical_revision": "v1"},
+        "clusters": clusters, "hosts": hosts,
+        "inbound": [{"port": 9080, "app": f"{LOCAL}:9080", "decorator": f"{fqdn}:9080/*"}],
+        "client": spec, "server": spec,
+    }  # fmt: skip
+
+
+def write(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory: pytest.TempPathFactory, backend: ServerProcess, apps: None) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("proxy") / "proxy.json"
+    write(path, config(backend, 1))
+    log = open(path.with_name("proxy.log"), "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meshtrace.mesh.proxy", str(path)], stdout=log, stderr=subprocess.STDOUT
+    )
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"http://{POD}:15000/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return proc.poll() is not None
+
+    wait_until(ready, timeout=20)
+    assert proc.poll() is None, path.with_name("proxy.log").read_text()
+    yield path
+    proc.terminate()
+    assert proc.wait(20) == 0
+    log.close()
+
+
+def outbound() -> httpx.Client:
+    return httpx.Client(proxy=f"http://{POD}:15001", trust_env=False, timeout=10)
+
+
+def tags(span: dict[str, Any]) -> dict[str, Any]:
+    return {t["key"]: t["value"] for t in span["tags"]}
+
+
+def test_inbound_continues_the_trace_renames_by_decorator_and_strips_it(proxy, backend):
+    trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    response = httpx.get(
+        f"http://{POD}:9080/hello?x=1",
+        headers={"traceparent": f"00-{trace_id}-{parent}-01", "x-envoy-decorator-operation": "front:80/hello",
+                 "user-agent": "test-client"},
+    )  # fmt: skip
+    seen = response.json()
+    assert response.status_code == 200 and seen["path"] == "/hello?x=1"
+    assert "x-envoy-decorator-operation" not in seen["headers"]
+    assert seen["headers"]["traceparent"].startswith(f"00-{trace_id}-") and not seen["headers"]["traceparent"].endswith(
+        f"{parent}-01"
+    )
+    assert seen["headers"]["x-forwarded-proto"] == "http" and len(seen["headers"]["x-request-id"]) == 36
+    span_id = seen["headers"]["traceparent"].split("-")[2]
+    trace = jaeger_trace(backend, trace_id)
+    span = next(s for s in trace["spans"] if s["spanID"] == span_id)
+    assert span["operationName"] == "front:80/hello"
+    assert span["references"][0]["spanID"] == parent
+    t = tags(span)
+    assert t["span.kind"] == "server" and t["upstream_cluster"] == "inbound|9080||" and t["user_agent"] == "test-client"
+    assert t["http.url"] == f"http://{POD}:9080/hello?x=1" and t["peer.address"] == "127.0.0.1"
+    assert t["guid:x-request-id"] == seen["headers"]["x-request-id"]
+    assert trace["processes"][span["processID"]]["serviceName"] == "echo.default"
+
+
+def test_outbound_client_span_is_the_parent_of_the_inbound_server_span(proxy, backend):
+    with outbound() as client:
+        response = client.get("http://echo:9080/a/b", headers={"x-request-id": "11111111-2222-4333-8444-555555555555"})
+    seen = response.json()
+    assert seen["path"] == "/a/b" and seen["headers"]["host"] == "echo:9080"
+    assert seen["headers"]["x-request-id"][:14] == "11111111-2222-" and seen["headers"]["x-request-id"][14] == "9"
+    trace_id = seen["headers"]["traceparent"].split("-")[1]
+    trace = jaeger_trace(backend, trace_id, spans=2)
+    by_kind = {tags(s)["span.kind"]: s for s in trace["spans"]}
+    assert by_kind["server"]["references"][0]["spanID"] == by_kind["client"]["spanID"]
+    assert (
+        by_kind["client"]["operationName"]
+        == by_kind["server"]["operationName"]
+        == "echo.default.svc.cluster.local:9080/*"
+    )
+    client_tags = tags(by_kind["client"])
+    assert client_tags["upstream_cluster.name"] == "outbound|9080||echo.default.svc.cluster.local;"
+    assert client_tags["peer.address"] == POD and client_tags["http.url"] == "http://echo:9080/a/b"
+
+
+def test_round_robin_over_endpoints_and_connection_reuse(proxy):
+    with outbound() as client:
+        servers = [client.get("http://multi:9080/").json()["server"] for _ in range(6)]
+        before = httpx.get(f"http://{POD}:15000/stats").json()["upstream_cx_total"]
+        for _ in range(20):
+            client.get("http://multi:9080/").raise_for_status()
+        after = httpx.get(f"http://{POD}:15000/stats").json()["upstream_cx_total"]
+    assert servers == APPS * 3
+    assert after == before  # kept-alive upstream connections are reused
+
+
+def find_by_request_id(backend: ServerProcess, request_id: str) -> dict[str, Any]:
+    params = {"service": "echo.default", "tags": json.dumps({"guid:x-request-id": request_id}), "lookback": "1h"}
+
+    def fetch() -> Any:
+        data = backend.api().get("/api/traces", params=params).json()["data"]
+        return data[0] if data else None
+
+    return wait_until(fetch)
+
+
+def test_local_replies_carry_envoys_flags(proxy, backend):
+    ids = {"empty": "aaaaaaaa-0000-4000-8000-000000000001", "dead": "aaaaaaaa-0000-4000-8000-000000000002"}
+    with outbound() as client:
+        empty = client.get("http://empty:9080/", headers={"x-request-id": ids["empty"]})
+        dead = client.get("http://dead:9080/", headers={"x-request-id": ids["dead"]})
+    assert (empty.status_code, empty.text) == (503, "no healthy upstream")
+    assert dead.status_code == 503 and "connection failure" in dead.text
+    assert empty.headers["server"] == "istio-envoy"
+    for name, flags in (("empty", "UH"), ("dead", "UF,URX")):
+        trace = find_by_request_id(backend, ids[name][:14] + "9" + ids[name][15:])
+        span = trace["spans"][0]
+        t = tags(span)
+        assert (t["response_flags"], t["http.status_code"], t["error"]) == (flags, "503", True)
+        assert t["span.kind"] == "client" and t["otel.status_code"] == "ERROR"
+
+
+def test_bodies_chunked_head_and_post(proxy):
+    with outbound() as client:
+        chunked = client.get("http://echo:9080/chunked")
+        head = client.head("http://echo:9080/chunked")
+        posted = client.post("http://echo:9080/p", content=b"x" * 100_000)
+        status = client.get("http://echo:9080/status/418")
+    assert chunked.json()["path"] == "/chunked"
+    assert head.status_code == 200 and head.content == b""
+    assert posted.json()["body"] == "x" * 100_000
+    assert status.status_code == 418
+
+
+def test_malformed_request_gets_400_and_closes(proxy):
+    import socket
+
+    with socket.create_connection((POD, 9080)) as sock:
+        sock.sendall(b"GARBAGE\r\n\r\n")
+        reply = sock.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 400")
+
+
+def test_configuration_changes_apply_live(proxy, backend):
+    write(proxy, config(backend, 2, sampling=0.0))
+    wait_until(lambda: httpx.get(f"http://{POD}:15000/ready").json()["version"] == 2)
+    before = httpx.get(f"http://{POD}:15000/stats").json()["tracing"]["exporters"]["otel"]["spans_sent"]
+    with outbound() as client:
+        for _ in range(10):
+            headers = client.get("http://echo:9080/").json()["headers"]
+            assert headers["traceparent"].endswith("-00")  # not sampled, still propagated
+    time.sleep(0.5)
+    after = httpx.get(f"http://{POD}:15000/stats").json()["tracing"]["exporters"]["otel"]["spans_sent"]
+    assert after == before
+    write(proxy, config(backend, 3))
+    wait_until(lambda: httpx.get(f"http://{POD}:15000/ready").json()["version"] == 3)

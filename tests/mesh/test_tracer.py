@@ -1,0 +1,153 @@
+"""Envoy's tracing decisions, one function at a time: request-id reasons, context parsing, sampling."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from meshtrace.mesh.proxy import spanwire
+from meshtrace.mesh.proxy.config import Cluster, CustomTag, Node, Provider, TracingSpec
+from meshtrace.mesh.proxy.tracer import (
+    CLIENT_FORCED,
+    FORCED,
+    NOT_TRACED,
+    SAMPLED,
+    Finished,
+    SideTracer,
+    decide,
+    new_request_id,
+    parse_b3,
+    parse_traceparent,
+    request_id_bucket,
+    trace_reason,
+)
+
+NODE = Node("sidecar~10.0.0.1~p-1.default~default.svc.cluster.local", "sidecar", "p-1", "default", "10.0.0.1",
+            "productpage.default", "productpage", "v1")  # fmt: skip
+PROVIDER = Provider("otel", "opentelemetry", "c.o.svc.cluster.local", 4317, ("127.0.0.1:4317",))
+
+
+def tracer(sampling: float = 100.0, sink: list | None = None, **spec: object) -> SideTracer:
+    out = sink if sink is not None else []
+    return SideTracer(TracingSpec(PROVIDER, sampling, **spec), NODE, out.append)  # type: ignore[arg-type]
+
+
+def test_new_request_ids_are_uuid4_and_not_yet_traced():
+    for _ in range(200):
+        rid = new_request_id()
+        assert uuid.UUID(rid).version == 4
+        assert trace_reason(rid) == NOT_TRACED
+
+
+def test_decision_is_written_once_into_the_request_id():
+    rid = "00000001-0000-4000-8000-000000000000"  # bucket 1
+    assert request_id_bucket(rid) == 1
+    assert trace_reason(decide(rid, 2, True, False, False)) == SAMPLED
+    assert trace_reason(decide(rid, 1, True, False, False)) == NOT_TRACED
+    assert trace_reason(decide(rid, 0, True, True, False)) == CLIENT_FORCED
+    assert trace_reason(decide(rid, 0, True, False, True)) == FORCED
+    decided = decide(rid, 10000, True, False, False)
+    # Later proxies do not decide again, whatever their own rate.
+    assert decide(decided, 0, True, False, False) == decided
+    assert decide("not-a-uuid", 10000, True, False, False) == "not-a-uuid"
+
+
+def test_sampling_by_request_id_tracks_the_percentage():
+    threshold = 2500
+    ids = [str(uuid.uuid4()) for _ in range(4000)]
+    sampled = sum(trace_reason(decide(r, threshold, True, False, False)) == SAMPLED for r in ids)
+    assert 850 <= sampled <= 1150  # 25% ± 4.5 sd
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (
+            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", True),
+        ),
+        (
+            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+            ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", False),
+        ),
+        (b"00-00000000000000000000000000000000-b7ad6b7169203331-01", None),
+        (b"00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01", None),
+        (b"ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", None),
+        (b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra", None),
+        (b"00-xyz7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", None),
+        (b"garbage", None),
+    ],
+)
+def test_traceparent(header, expected):
+    parsed = parse_traceparent(header)
+    if expected is None:
+        assert parsed is None
+    else:
+        assert parsed is not None
+        assert (parsed[0].hex(), parsed[1].hex(), parsed[2]) == expected
+
+
+def test_b3_multi_and_single_headers():
+    multi = parse_b3({b"x-b3-traceid": b"463ac35c9f6413ad", b"x-b3-spanid": b"a2fb4a1d1a96d312", b"x-b3-sampled": b"1"})
+    assert multi is not None and multi[0].hex() == "0000000000000000463ac35c9f6413ad" and multi[2] is True
+    single = parse_b3({b"b3": b"80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-0"})
+    assert single is not None and single[1].hex() == "e457b5a2e4d86bd1" and single[2] is False
+    assert parse_b3({b"b3": b"1"}) is None
+
+
+def test_child_of_incoming_context_inherits_the_sampled_flag_not_the_local_rate():
+    t = tracer(sampling=0.0)
+    headers = {b"traceparent": b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    span = t.start(headers, t.sample(new_request_id(), headers), spanwire.SERVER, "x")
+    assert span is not None and span.sampled and span.parent_id.hex() == "b7ad6b7169203331"
+    injected = t.inject(span).decode()
+    assert injected.startswith(f"traceparent: 00-0af7651916cd43dd8448eb211c80319c-{span.span_id.hex()}-01")
+
+
+def test_invalid_traceparent_gives_no_span():
+    t = tracer()
+    assert t.start({b"traceparent": b"00-zz"}, new_request_id(), spanwire.SERVER, "x") is None
+
+
+def test_finished_span_has_envoys_tags_in_order_and_statuses():
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    out: list[bytes] = []
+    t = tracer(sink=out, custom_tags=(CustomTag("lit", "literal", "v"), CustomTag("user", "header", "x-user", "anon")))
+    rid = "00000001-0000-4000-8000-000000000000"
+    rid = t.sample(rid, {})
+    span = t.start({}, rid, spanwire.CLIENT, "reviews.default.svc.cluster.local:9080/*")
+    assert span is not None
+    cluster = Cluster("outbound|9080||reviews.default.svc.cluster.local", "reviews.default.svc.cluster.local", 9080, ())
+    done = Finished(rid, "http://reviews:9080/reviews/0", "GET", "curl/8", "10.0.0.1", 0, 441, 404, "-", cluster,
+                    "10.0.0.9:9080", headers={b"x-user": b"jason"})  # fmt: skip
+    t.finish(span, done)
+    decoded = Span.FromString(out[0])
+    keys = [kv.key for kv in decoded.attributes]
+    assert keys[:2] == ["node_id", "zone"]
+    assert keys.index("guid:x-request-id") < keys.index("http.url") < keys.index("user_agent") < keys.index("component")
+    attrs = {kv.key: kv.value.string_value for kv in decoded.attributes}
+    assert attrs["upstream_cluster.name"] == "outbound|9080||reviews.default.svc.cluster.local;"
+    assert attrs["http.status_code"] == "404" and "error" not in attrs
+    assert attrs["istio.canonical_service"] == "productpage" and attrs["lit"] == "v" and attrs["user"] == "jason"
+    assert decoded.status.code == spanwire.STATUS_ERROR  # 4xx on a CLIENT span
+    # Istio's and custom tags come sorted by name after Envoy's.
+    tail = keys[keys.index("response_flags") + 1 :]
+    tail = [k for k in tail if k != "upstream_address"]
+    assert tail == sorted(tail)
+
+
+def test_unsampled_and_unreported_spans_are_not_exported():
+    out: list[bytes] = []
+    t = tracer(sampling=0.0, sink=out)
+    rid = t.sample(new_request_id(), {})
+    span = t.start({}, rid, spanwire.SERVER, "x")
+    assert span is not None and not span.sampled
+    t.finish(span, Finished(rid, "", "GET", "-", "", 0, 0, 200, "-", None, ""))
+    quiet = tracer(sink=out, disable_span_reporting=True)
+    rid = quiet.sample(new_request_id(), {})
+    span = quiet.start({}, rid, spanwire.SERVER, "x")
+    assert span is not None and span.sampled
+    quiet.finish(span, Finished(rid, "", "GET", "-", "", 0, 0, 200, "-", None, ""))
+    assert out == []
