@@ -47,9 +47,18 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
 def mesh(tmp_path_factory: pytest.TempPathFactory, backend: ServerProcess) -> Iterator[MeshProcess]:
     directory = tmp_path_factory.mktemp("mesh")
     proc = MeshProcess(
-        directory, "-f", str(SEED / "istio-otel-config-tutorial.yaml"), "--backend", backend.grpc, "--token",
-        TOKENS["acme"], "--console", backend.http, "--requests", "0",
-    )  # fmt: skip
+        directory,
+        "-f",
+        str(SEED / "istio-otel-config-tutorial.yaml"),
+        "--backend",
+        backend.grpc,
+        "--token",
+        TOKENS["acme"],
+        "--console",
+        backend.http,
+        "--requests",
+        "0",
+    )
     try:
         proc.start(timeout=120)
     except ServerStartError as exc:
@@ -76,12 +85,14 @@ def test_the_collector_config_placeholders_are_filled(mesh):
         mesh.cli("get", "configmap", "opentelemetry-collector-conf", "-n", "observability", "-o", "yaml").stdout
     )
     config = body["data"]["opentelemetry-collector-config"]
-    assert "<gRPC-Endpoint>" not in config and TOKENS["acme"] in config
+    assert "<gRPC-Endpoint>" not in config
+    assert TOKENS["acme"] in config
 
 
 def test_pods_created_before_the_injection_label_have_no_sidecar(mesh):
     pods = mesh.pods()
-    assert len(pods) == 6 and all(p["containers"] == [p["containers"][0]] and not p["sidecar"] for p in pods)
+    assert len(pods) == 6
+    assert all(p["containers"] == [p["containers"][0]] and not p["sidecar"] for p in pods)
     page = httpx.get(f"{mesh.gateway}/productpage", timeout=30)
     assert "<title>Simple Bookstore App</title>" in page.text  # Bookinfo works without a mesh, as in Kubernetes
     listed = mesh.cli("get", "pods").stdout
@@ -123,7 +134,8 @@ def test_the_telemetry_in_istio_system_traces_the_whole_mesh(mesh, backend):
     since = traffic(mesh, 10)
     traces = complete_traces(backend, GW, since, 10, {7, 9})
     sizes = sorted(len(t["spans"]) for t in traces)
-    assert len(traces) == 10 and set(sizes) <= {7, 9}
+    assert len(traces) == 10
+    assert set(sizes) <= {7, 9}
     for trace in traces:
         assert shape(trace) == (FULL_TREE if len(trace["spans"]) == 9 else WITHOUT_RATINGS)
         processes = trace["processes"]
@@ -131,31 +143,49 @@ def test_the_telemetry_in_istio_system_traces_the_whole_mesh(mesh, backend):
             t = tags(span)
             service = processes[span["processID"]]["serviceName"]
             resource = {tag["key"]: tag["value"] for tag in processes[span["processID"]]["tags"]}
-            assert resource["telemetry.sdk.name"] == "envoy" and resource["telemetry.sdk.language"] == "cpp"
-            assert t["component"] == "proxy" and t["http.status_code"] == "200" and t["response_flags"] == "-"
-            assert "upstream_cluster" in t and "http.protocol" in t
+            assert resource["telemetry.sdk.name"] == "envoy"
+            assert resource["telemetry.sdk.language"] == "cpp"
+            assert t["component"] == "proxy"
+            assert t["http.status_code"] == "200"
+            assert t["response_flags"] == "-"
+            assert "upstream_cluster" in t
+            assert "http.protocol" in t
             if span["operationName"].startswith("router "):
                 assert t["upstream_cluster"] == "outbound|9080||productpage.default.svc.cluster.local"
                 assert t["peer.address"] == t["upstream_address"]
                 continue
             kind = "router" if service == GW else "sidecar"
-            assert t["node_id"].startswith(f"{kind}~") and t["zone"] == ""
-            assert t["istio.mesh_id"] == "cluster.local" and t["istio.cluster_id"] == "Kubernetes"
+            assert t["node_id"].startswith(f"{kind}~")
+            assert t["zone"] == ""
+            assert t["istio.mesh_id"] == "cluster.local"
+            assert t["istio.cluster_id"] == "Kubernetes"
             assert t["istio.namespace"] == service.split(".")[1]
-            assert t["guid:x-request-id"] and t["http.method"] == "GET" and t["downstream_cluster"] == "-"
+            assert t["guid:x-request-id"]
+            assert t["http.method"] == "GET"
+            assert t["downstream_cluster"] == "-"
             assert t["http.url"].startswith("http://")
             if t["span.kind"] == "server" and service != GW:
-                assert t["upstream_cluster"] == f"inbound|9080||"
+                assert t["upstream_cluster"] == "inbound|9080||"
         request_ids = {tags(s).get("guid:x-request-id") for s in trace["spans"]} - {None}
-        assert len(request_ids) == 1 and next(iter(request_ids))[14] == "9"  # sampled at the gateway
-    revisions = {tags(s)["istio.canonical_revision"] for t in traces for s in t["spans"]
-                 if t["processes"][s["processID"]]["serviceName"] == "reviews.default" and "istio.canonical_revision" in tags(s)}  # fmt: skip
-    assert revisions <= {"v1", "v2", "v3"} and len(revisions) >= 2  # round robin over the versions
+        assert len(request_ids) == 1
+        assert next(iter(request_ids))[14] == "9"
+    revisions = {
+        tags(s)["istio.canonical_revision"]
+        for t in traces
+        for s in t["spans"]
+        if t["processes"][s["processID"]]["serviceName"] == "reviews.default" and "istio.canonical_revision" in tags(s)
+    }
+    assert revisions <= {"v1", "v2", "v3"}
+    assert len(revisions) >= 2
 
 
 def _root_telemetry(mesh: MeshProcess, tmp_path: Path, spec: dict) -> str:
-    doc = {"apiVersion": "telemetry.istio.io/v1", "kind": "Telemetry",
-           "metadata": {"name": "otel-demo", "namespace": "istio-system"}, "spec": spec}  # fmt: skip
+    doc = {
+        "apiVersion": "telemetry.istio.io/v1",
+        "kind": "Telemetry",
+        "metadata": {"name": "otel-demo", "namespace": "istio-system"},
+        "spec": spec,
+    }
     path = tmp_path / "telemetry.yaml"
     path.write_text(yaml.safe_dump(doc))
     result = mesh.cli("apply", "-f", str(path))
@@ -181,7 +211,8 @@ def test_a_missing_provider_gives_no_spans_and_a_warning(mesh, backend, tmp_path
     output = _root_telemetry(
         mesh, tmp_path, {"tracing": [{"providers": [{"name": "otel-tracin"}], "randomSamplingPercentage": 100}]}
     )
-    assert "provider 'otel-tracin'" in output and "matches no meshConfig.extensionProviders entry" in output
+    assert "provider 'otel-tracin'" in output
+    assert "matches no meshConfig.extensionProviders entry" in output
     assert "otel-tracing" in output  # the names that do exist
     telemetry = mesh.cli("get", "telemetry", "-n", "istio-system").stdout
     assert "not found" in telemetry
@@ -193,28 +224,42 @@ def test_a_missing_provider_gives_no_spans_and_a_warning(mesh, backend, tmp_path
     )
 
 
+def productpage_services(traces: list[dict]) -> set[str]:
+    """The service.name of productpage's proxy in ``traces``."""
+    return {
+        t["processes"][s["processID"]]["serviceName"]
+        for t in traces
+        for s in t["spans"]
+        if tags(s).get("istio.canonical_service") in ("storefront", "productpage")
+    }
+
+
 def test_tracing_service_name_modes_take_effect_after_a_restart(mesh, backend, tmp_path):
     operator = yaml.safe_load((SEED / "istio-otel-config-tutorial.yaml").read_text())
-    deployment = next(d for d in yaml.safe_load_all((SEED / "bookinfo.yaml").read_text())
-                      if d and d["kind"] == "Deployment" and d["metadata"]["name"] == "productpage-v1")  # fmt: skip
+    deployment = next(
+        d
+        for d in yaml.safe_load_all((SEED / "bookinfo.yaml").read_text())
+        if d and d["kind"] == "Deployment" and d["metadata"]["name"] == "productpage-v1"
+    )
     deployment["spec"]["template"]["metadata"]["labels"]["service.istio.io/canonical-name"] = "storefront"
     (tmp_path / "productpage.yaml").write_text(yaml.safe_dump(deployment))
     mesh.cli("apply", "-f", str(tmp_path / "productpage.yaml"))
-    expected = {"CANONICAL_NAME_ONLY": "storefront", "CANONICAL_NAME_AND_NAMESPACE": "storefront.default",
-                "APP_LABEL_AND_NAMESPACE": "productpage.default"}  # fmt: skip
+    expected = {
+        "CANONICAL_NAME_ONLY": "storefront",
+        "CANONICAL_NAME_AND_NAMESPACE": "storefront.default",
+        "APP_LABEL_AND_NAMESPACE": "productpage.default",
+    }
     previous = "productpage.default"
     for mode, service in expected.items():
         operator["spec"]["meshConfig"]["defaultConfig"] = {"tracingServiceName": mode}
         (tmp_path / "operator.yaml").write_text(yaml.safe_dump(operator))
         mesh.cli("apply", "-f", str(tmp_path / "operator.yaml"))
         since = traffic(mesh, 2)
-        names = {t["processes"][s["processID"]]["serviceName"] for t in complete_traces(backend, GW, since, 2, {7, 9})
-                 for s in t["spans"] if tags(s).get("istio.canonical_service") in ("storefront", "productpage")}  # fmt: skip
+        names = productpage_services(complete_traces(backend, GW, since, 2, {7, 9}))
         assert names == {previous}  # ProxyConfig is fixed when the pod is created
         mesh.cli("rollout", "restart", "deployment/productpage-v1")
         since = traffic(mesh, 2)
-        names = {t["processes"][s["processID"]]["serviceName"] for t in complete_traces(backend, GW, since, 2, {7, 9})
-                 for s in t["spans"] if tags(s).get("istio.canonical_service") in ("storefront", "productpage")}  # fmt: skip
+        names = productpage_services(complete_traces(backend, GW, since, 2, {7, 9}))
         assert names == {service}, mode
         previous = service
 
@@ -242,14 +287,16 @@ def test_cli_reports_invalid_files_and_skipped_kinds(mesh, tmp_path):
     bad = mesh.cli("apply", "-f", str(SEED / "istio-otel-config-grpc.yaml"), check=False)
     assert bad.returncode == 1
     assert "istio-otel-config-grpc.yaml, document 1 (IstioOperator installed-state)" in bad.stderr
-    assert "opentelemetry.service" in bad.stderr and "fix:" in bad.stderr
+    assert "opentelemetry.service" in bad.stderr
+    assert "fix:" in bad.stderr
     (tmp_path / "dr.yaml").write_text(
         "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec: {host: reviews}\n"
     )
     skipped = mesh.cli("apply", "-f", str(tmp_path / "dr.yaml"))
     assert "DestinationRule r (networking.istio.io/v1) is not run by the local mesh: skipped" in skipped.stderr
     missing = mesh.cli("apply", "-f", str(tmp_path / "nope.yaml"), check=False)
-    assert missing.returncode == 1 and "no such file" in missing.stderr
+    assert missing.returncode == 1
+    assert "no such file" in missing.stderr
 
 
 def test_get_and_logs(mesh):
@@ -261,7 +308,8 @@ def test_get_and_logs(mesh):
     app_log = mesh.cli("logs", pod).stdout
     assert "listening on" in app_log
     wrong = mesh.cli("logs", pod, "-c", "nope", check=False)
-    assert wrong.returncode == 1 and "istio-proxy" in wrong.stderr
+    assert wrong.returncode == 1
+    assert "istio-proxy" in wrong.stderr
     as_yaml = yaml.safe_load(mesh.cli("get", "pods", pod, "-o", "yaml").stdout)
     assert [c["name"] for c in as_yaml["spec"]["containers"]] == ["productpage", "istio-proxy"]
     wait_until(lambda: "Running" in mesh.cli("get", "pods", "-A").stdout)

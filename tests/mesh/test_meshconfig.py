@@ -19,7 +19,8 @@ def test_tutorial_provider_is_otlp_grpc(seed):
     assert (provider.kind, provider.transport, provider.port) == ("opentelemetry", "grpc", 4317)
     assert provider.service == "opentelemetry-collector.observability.svc.cluster.local"
     assert provider.environment_detector  # written resource_detectors (snake_case) in the seed
-    assert mesh.enable_tracing and mesh.pilot_trace_sampling == 1.0
+    assert mesh.enable_tracing
+    assert mesh.pilot_trace_sampling == 1.0
     assert mesh.provider("OTEL-TRACING") is provider  # Telemetry looks names up case-insensitively
 
 
@@ -53,7 +54,8 @@ BASE = "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  mes
     ("mesh", "words"),
     [
         (
-            "    extensionProviders:\n    - name: a\n      opentelemetry: {service: c.o.svc.cluster.local, port: 70000}\n",
+            "    extensionProviders:\n    - name: a\n"
+            "      opentelemetry: {service: c.o.svc.cluster.local, port: 70000}\n",
             "is not a port",
         ),
         (
@@ -62,7 +64,8 @@ BASE = "apiVersion: install.istio.io/v1alpha1\nkind: IstioOperator\nspec:\n  mes
             "duplicate extension provider name",
         ),
         (
-            "    extensionProviders:\n    - name: a\n      opentelemetry: {service: c.o, port: 4318, http: {path: /v1/traces}, grpc: {}}\n",
+            "    extensionProviders:\n    - name: a\n"
+            "      opentelemetry: {service: c.o, port: 4318, http: {path: /v1/traces}, grpc: {}}\n",
             "not both",
         ),
         (

@@ -43,8 +43,13 @@ class Echo(BaseHTTPRequestHandler):
             self.send_header("content-length", "0")
             self.end_headers()
             return
-        doc = {"server": self.server.server_address[0], "method": self.command, "path": self.path,
-               "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body.decode()}  # fmt: skip
+        doc = {
+            "server": self.server.server_address[0],
+            "method": self.command,
+            "path": self.path,
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+            "body": body.decode(),
+        }
         payload = json.dumps(doc).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
@@ -85,28 +90,49 @@ def apps() -> Iterator[None]:
 
 
 def config(backend: ServerProcess, version: int, sampling: float = 100.0) -> dict[str, Any]:
-    provider = {"name": "otel", "kind": "opentelemetry", "service": "backend.test.svc.cluster.local", "port": 4317,
-                "endpoints": [backend.grpc], "headers": [["authentication", TOKENS["acme"]]]}  # fmt: skip
+    provider = {
+        "name": "otel",
+        "kind": "opentelemetry",
+        "service": "backend.test.svc.cluster.local",
+        "port": 4317,
+        "endpoints": [backend.grpc],
+        "headers": [["authentication", TOKENS["acme"]]],
+    }
     spec = {"provider": provider, "sampling": sampling}
     fqdn = "echo.default.svc.cluster.local"
     clusters = [
         {"name": f"outbound|9080||{fqdn}", "service": fqdn, "port": 9080, "endpoints": [f"{POD}:9080"]},
-        {"name": "outbound|9080||multi.default.svc.cluster.local", "service": "multi.default.svc.cluster.local",
-         "port": 9080, "endpoints": [f"{a}:9080" for a in APPS]},
+        {
+            "name": "outbound|9080||multi.default.svc.cluster.local",
+            "service": "multi.default.svc.cluster.local",
+            "port": 9080,
+            "endpoints": [f"{a}:9080" for a in APPS],
+        },
         {"name": "outbound|9080||empty.default.svc.cluster.local", "service": "", "port": 9080, "endpoints": []},
         {"name": "outbound|9080||dead.default.svc.cluster.local", "service": "", "port": 9080, "endpoints": [DEAD]},
-    ]  # fmt: skip
-    hosts = {f"{name}:9080": [f"outbound|9080||{name}.default.svc.cluster.local", f"{name}.default.svc.cluster.local:9080/*"]
-             for name in ("echo", "multi", "empty", "dead")}  # fmt: skip
+    ]
+    hosts = {
+        f"{name}:9080": [f"outbound|9080||{name}.default.svc.cluster.local", f"{name}.default.svc.cluster.local:9080/*"]
+        for name in ("echo", "multi", "empty", "dead")
+    }
     return {
         "version": version,
-        "node": {"id": f"sidecar~{POD}~echo-1.default~default.svc.cluster.local", "kind": "sidecar", "pod": "echo-1",
-                 "namespace": "default", "pod_ip": POD, "service_cluster": "echo.default", "canonical_service": "echo",
-                 "canonical_revision": "v1"},
-        "clusters": clusters, "hosts": hosts,
+        "node": {
+            "id": f"sidecar~{POD}~echo-1.default~default.svc.cluster.local",
+            "kind": "sidecar",
+            "pod": "echo-1",
+            "namespace": "default",
+            "pod_ip": POD,
+            "service_cluster": "echo.default",
+            "canonical_service": "echo",
+            "canonical_revision": "v1",
+        },
+        "clusters": clusters,
+        "hosts": hosts,
         "inbound": [{"port": 9080, "app": f"{LOCAL}:9080", "decorator": f"{fqdn}:9080/*"}],
-        "client": spec, "server": spec,
-    }  # fmt: skip
+        "client": spec,
+        "server": spec,
+    }
 
 
 def write(path: Path, data: dict[str, Any]) -> None:
@@ -150,24 +176,31 @@ def test_inbound_continues_the_trace_renames_by_decorator_and_strips_it(proxy, b
     trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     response = httpx.get(
         f"http://{POD}:9080/hello?x=1",
-        headers={"traceparent": f"00-{trace_id}-{parent}-01", "x-envoy-decorator-operation": "front:80/hello",
-                 "user-agent": "test-client"},
-    )  # fmt: skip
-    seen = response.json()
-    assert response.status_code == 200 and seen["path"] == "/hello?x=1"
-    assert "x-envoy-decorator-operation" not in seen["headers"]
-    assert seen["headers"]["traceparent"].startswith(f"00-{trace_id}-") and not seen["headers"]["traceparent"].endswith(
-        f"{parent}-01"
+        headers={
+            "traceparent": f"00-{trace_id}-{parent}-01",
+            "x-envoy-decorator-operation": "front:80/hello",
+            "user-agent": "test-client",
+        },
     )
-    assert seen["headers"]["x-forwarded-proto"] == "http" and len(seen["headers"]["x-request-id"]) == 36
+    seen = response.json()
+    assert response.status_code == 200
+    assert seen["path"] == "/hello?x=1"
+    assert "x-envoy-decorator-operation" not in seen["headers"]
+    assert seen["headers"]["traceparent"].startswith(f"00-{trace_id}-")
+    assert not seen["headers"]["traceparent"].endswith(f"{parent}-01")
+    assert seen["headers"]["x-forwarded-proto"] == "http"
+    assert len(seen["headers"]["x-request-id"]) == 36
     span_id = seen["headers"]["traceparent"].split("-")[2]
     trace = jaeger_trace(backend, trace_id)
     span = next(s for s in trace["spans"] if s["spanID"] == span_id)
     assert span["operationName"] == "front:80/hello"
     assert span["references"][0]["spanID"] == parent
     t = tags(span)
-    assert t["span.kind"] == "server" and t["upstream_cluster"] == "inbound|9080||" and t["user_agent"] == "test-client"
-    assert t["http.url"] == f"http://{POD}:9080/hello?x=1" and t["peer.address"] == "127.0.0.1"
+    assert t["span.kind"] == "server"
+    assert t["upstream_cluster"] == "inbound|9080||"
+    assert t["user_agent"] == "test-client"
+    assert t["http.url"] == f"http://{POD}:9080/hello?x=1"
+    assert t["peer.address"] == "127.0.0.1"
     assert t["guid:x-request-id"] == seen["headers"]["x-request-id"]
     assert trace["processes"][span["processID"]]["serviceName"] == "echo.default"
 
@@ -176,8 +209,10 @@ def test_outbound_client_span_is_the_parent_of_the_inbound_server_span(proxy, ba
     with outbound() as client:
         response = client.get("http://echo:9080/a/b", headers={"x-request-id": "11111111-2222-4333-8444-555555555555"})
     seen = response.json()
-    assert seen["path"] == "/a/b" and seen["headers"]["host"] == "echo:9080"
-    assert seen["headers"]["x-request-id"][:14] == "11111111-2222-" and seen["headers"]["x-request-id"][14] == "9"
+    assert seen["path"] == "/a/b"
+    assert seen["headers"]["host"] == "echo:9080"
+    assert seen["headers"]["x-request-id"][:14] == "11111111-2222-"
+    assert seen["headers"]["x-request-id"][14] == "9"
     trace_id = seen["headers"]["traceparent"].split("-")[1]
     trace = jaeger_trace(backend, trace_id, spans=2)
     by_kind = {tags(s)["span.kind"]: s for s in trace["spans"]}
@@ -189,7 +224,8 @@ def test_outbound_client_span_is_the_parent_of_the_inbound_server_span(proxy, ba
     )
     client_tags = tags(by_kind["client"])
     assert client_tags["upstream_cluster.name"] == "outbound|9080||echo.default.svc.cluster.local;"
-    assert client_tags["peer.address"] == POD and client_tags["http.url"] == "http://echo:9080/a/b"
+    assert client_tags["peer.address"] == POD
+    assert client_tags["http.url"] == "http://echo:9080/a/b"
 
 
 def test_round_robin_over_endpoints_and_connection_reuse(proxy):
@@ -219,14 +255,16 @@ def test_local_replies_carry_envoys_flags(proxy, backend):
         empty = client.get("http://empty:9080/", headers={"x-request-id": ids["empty"]})
         dead = client.get("http://dead:9080/", headers={"x-request-id": ids["dead"]})
     assert (empty.status_code, empty.text) == (503, "no healthy upstream")
-    assert dead.status_code == 503 and "connection failure" in dead.text
+    assert dead.status_code == 503
+    assert "connection failure" in dead.text
     assert empty.headers["server"] == "istio-envoy"
     for name, flags in (("empty", "UH"), ("dead", "UF,URX")):
         trace = find_by_request_id(backend, ids[name][:14] + "9" + ids[name][15:])
         span = trace["spans"][0]
         t = tags(span)
         assert (t["response_flags"], t["http.status_code"], t["error"]) == (flags, "503", True)
-        assert t["span.kind"] == "client" and t["otel.status_code"] == "ERROR"
+        assert t["span.kind"] == "client"
+        assert t["otel.status_code"] == "ERROR"
 
 
 def test_bodies_chunked_head_and_post(proxy):
@@ -236,7 +274,8 @@ def test_bodies_chunked_head_and_post(proxy):
         posted = client.post("http://echo:9080/p", content=b"x" * 100_000)
         status = client.get("http://echo:9080/status/418")
     assert chunked.json()["path"] == "/chunked"
-    assert head.status_code == 200 and head.content == b""
+    assert head.status_code == 200
+    assert head.content == b""
     assert posted.json()["body"] == "x" * 100_000
     assert status.status_code == 418
 

@@ -10,9 +10,12 @@ from meshtrace.mesh.resources import ResourceError, Selector, load_files, parse
 def test_seed_bookinfo_parses_with_sources(seed):
     loaded = parse("bookinfo.yaml", (seed / "bookinfo.yaml").read_text())
     kinds = [o.kind for o in loaded.objects]
-    assert kinds.count("Deployment") == 6 and kinds.count("Service") == 4 and kinds.count("ServiceAccount") == 4
+    assert kinds.count("Deployment") == 6
+    assert kinds.count("Service") == 4
+    assert kinds.count("ServiceAccount") == 4
     assert all(o.namespace == "default" for o in loaded.objects)
-    assert loaded.objects[0].source is not None and str(loaded.objects[0].source) == "bookinfo.yaml, document 1"
+    assert loaded.objects[0].source is not None
+    assert str(loaded.objects[0].source) == "bookinfo.yaml, document 1"
     assert not loaded.skipped
 
 
@@ -32,7 +35,8 @@ def test_namespace_flag_fills_and_must_agree(seed):
     with pytest.raises(ResourceError) as err:
         parse("cm.yaml", text, namespace="observability")
     assert "cm.yaml, document 1 (ConfigMap other/a)" in str(err.value)
-    assert "metadata.namespace" in str(err.value) and "fix:" in str(err.value)
+    assert "metadata.namespace" in str(err.value)
+    assert "fix:" in str(err.value)
 
 
 def test_unknown_kinds_are_listed_not_silently_dropped():
@@ -62,7 +66,8 @@ def test_errors_name_file_document_path(text, path, words):
         parse("bad.yaml", text)
     message = str(err.value)
     assert message.startswith("bad.yaml, document")
-    assert path in message and words in message
+    assert path in message
+    assert words in message
 
 
 def test_directories_apply_in_name_order(tmp_path):

@@ -11,7 +11,8 @@ from meshtrace.mesh.resources import ResourceError, parse
 def test_seed_gateway_and_virtual_service(seed):
     objects = parse("bookinfo-gateway.yaml", (seed / "bookinfo-gateway.yaml").read_text()).objects
     gateway = parse_gateway(objects[0])
-    assert gateway.selector == {"istio": "ingressgateway"} and gateway.servers[0].port == 80
+    assert gateway.selector == {"istio": "ingressgateway"}
+    assert gateway.servers[0].port == 80
     vs = parse_virtual_service(objects[1])
     assert vs.gateways == ("default/bookinfo-gateway",)
     route = vs.http[0]
@@ -29,8 +30,11 @@ def test_fqdn_and_weighted_names():
     assert fqdn("reviews", "shop") == "reviews.shop.svc.cluster.local"
     assert fqdn("reviews.default", "shop") == "reviews.default.svc.cluster.local"
     assert fqdn("reviews.default.svc.cluster.local", "shop") == "reviews.default.svc.cluster.local"
-    text = ("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: split}\nspec:\n  hosts: ['*']\n"
-            "  http:\n  - route:\n    - {destination: {host: a}, weight: 80}\n    - {destination: {host: b}, weight: 20}\n")  # fmt: skip
+    text = (
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: split}\nspec:\n  hosts: ['*']\n"
+        "  http:\n  - route:\n"
+        "    - {destination: {host: a}, weight: 80}\n    - {destination: {host: b}, weight: 20}\n"
+    )
     vs = parse_virtual_service(parse("v.yaml", text).objects[0])
     assert operation(None, vs.http[0].destinations, [9080, 9080], vs.name, 8080) == "split:8080/*"
 
@@ -40,12 +44,14 @@ def test_fqdn_and_weighted_names():
     [
         ("  hosts: []\n", "at least one host"),
         (
-            "  hosts: ['*']\n  http:\n  - match: [{uri: {exact: /a, prefix: /b}}]\n    route: [{destination: {host: a}}]\n",
+            "  hosts: ['*']\n  http:\n"
+            "  - match: [{uri: {exact: /a, prefix: /b}}]\n    route: [{destination: {host: a}}]\n",
             "exactly one",
         ),
         ("  hosts: ['*']\n  http:\n  - route: [{destination: {port: {number: 1}}}]\n", "host: is required"),
         (
-            "  hosts: ['*']\n  http:\n  - route:\n    - {destination: {host: a}, weight: 10}\n    - {destination: {host: b}, weight: 10}\n",
+            "  hosts: ['*']\n  http:\n  - route:\n"
+            "    - {destination: {host: a}, weight: 10}\n    - {destination: {host: b}, weight: 10}\n",
             "add up to 100",
         ),
     ],

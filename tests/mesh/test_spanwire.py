@@ -30,9 +30,18 @@ def test_span_bytes_parse_back_to_the_same_span(
     trace_id, span_id, parent, name, kind, start, end, attributes, status, state, flags
 ):
     encoded = spanwire.encode_span(
-        trace_id, span_id, parent, spanwire.span_name(name), kind, start, end,
-        spanwire.string_attributes(attributes), status, state, flags,
-    )  # fmt: skip
+        trace_id,
+        span_id,
+        parent,
+        spanwire.span_name(name),
+        kind,
+        start,
+        end,
+        spanwire.string_attributes(attributes),
+        status,
+        state,
+        flags,
+    )
     span = Span.FromString(encoded)
     assert span.trace_id == trace_id
     assert span.span_id == span_id
@@ -62,7 +71,8 @@ def test_export_request_has_one_resource_and_one_scope_without_name(resource, na
     assert [(kv.key, kv.value.string_value) for kv in resource_spans.resource.attributes] == resource
     assert len(resource_spans.scope_spans) == 1
     scope_spans = resource_spans.scope_spans[0]
-    assert scope_spans.scope.name == "" and scope_spans.scope.version == ""
+    assert scope_spans.scope.name == ""
+    assert scope_spans.scope.version == ""
     assert [s.name for s in scope_spans.spans] == names
 
 

@@ -23,8 +23,16 @@ from meshtrace.mesh.proxy.tracer import (
     trace_reason,
 )
 
-NODE = Node("sidecar~10.0.0.1~p-1.default~default.svc.cluster.local", "sidecar", "p-1", "default", "10.0.0.1",
-            "productpage.default", "productpage", "v1")  # fmt: skip
+NODE = Node(
+    "sidecar~10.0.0.1~p-1.default~default.svc.cluster.local",
+    "sidecar",
+    "p-1",
+    "default",
+    "10.0.0.1",
+    "productpage.default",
+    "productpage",
+    "v1",
+)
 PROVIDER = Provider("otel", "opentelemetry", "c.o.svc.cluster.local", 4317, ("127.0.0.1:4317",))
 
 
@@ -90,9 +98,13 @@ def test_traceparent(header, expected):
 
 def test_b3_multi_and_single_headers():
     multi = parse_b3({b"x-b3-traceid": b"463ac35c9f6413ad", b"x-b3-spanid": b"a2fb4a1d1a96d312", b"x-b3-sampled": b"1"})
-    assert multi is not None and multi[0].hex() == "0000000000000000463ac35c9f6413ad" and multi[2] is True
+    assert multi is not None
+    assert multi[0].hex() == "0000000000000000463ac35c9f6413ad"
+    assert multi[2] is True
     single = parse_b3({b"b3": b"80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-0"})
-    assert single is not None and single[1].hex() == "e457b5a2e4d86bd1" and single[2] is False
+    assert single is not None
+    assert single[1].hex() == "e457b5a2e4d86bd1"
+    assert single[2] is False
     assert parse_b3({b"b3": b"1"}) is None
 
 
@@ -100,7 +112,9 @@ def test_child_of_incoming_context_inherits_the_sampled_flag_not_the_local_rate(
     t = tracer(sampling=0.0)
     headers = {b"traceparent": b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
     span = t.start(headers, t.sample(new_request_id(), headers), spanwire.SERVER, "x")
-    assert span is not None and span.sampled and span.parent_id.hex() == "b7ad6b7169203331"
+    assert span is not None
+    assert span.sampled
+    assert span.parent_id.hex() == "b7ad6b7169203331"
     injected = t.inject(span).decode()
     assert injected.startswith(f"traceparent: 00-0af7651916cd43dd8448eb211c80319c-{span.span_id.hex()}-01")
 
@@ -120,8 +134,20 @@ def test_finished_span_has_envoys_tags_in_order_and_statuses():
     span = t.start({}, rid, spanwire.CLIENT, "reviews.default.svc.cluster.local:9080/*")
     assert span is not None
     cluster = Cluster("outbound|9080||reviews.default.svc.cluster.local", "reviews.default.svc.cluster.local", 9080, ())
-    done = Finished(rid, "http://reviews:9080/reviews/0", "GET", "curl/8", "10.0.0.1", 0, 441, 404, "-", cluster,
-                    "10.0.0.9:9080", headers={b"x-user": b"jason"})  # fmt: skip
+    done = Finished(
+        rid,
+        "http://reviews:9080/reviews/0",
+        "GET",
+        "curl/8",
+        "10.0.0.1",
+        0,
+        441,
+        404,
+        "-",
+        cluster,
+        "10.0.0.9:9080",
+        headers={b"x-user": b"jason"},
+    )
     t.finish(span, done)
     decoded = Span.FromString(out[0])
     keys = [kv.key for kv in decoded.attributes]
@@ -129,8 +155,11 @@ def test_finished_span_has_envoys_tags_in_order_and_statuses():
     assert keys.index("guid:x-request-id") < keys.index("http.url") < keys.index("user_agent") < keys.index("component")
     attrs = {kv.key: kv.value.string_value for kv in decoded.attributes}
     assert attrs["upstream_cluster.name"] == "outbound|9080||reviews.default.svc.cluster.local;"
-    assert attrs["http.status_code"] == "404" and "error" not in attrs
-    assert attrs["istio.canonical_service"] == "productpage" and attrs["lit"] == "v" and attrs["user"] == "jason"
+    assert attrs["http.status_code"] == "404"
+    assert "error" not in attrs
+    assert attrs["istio.canonical_service"] == "productpage"
+    assert attrs["lit"] == "v"
+    assert attrs["user"] == "jason"
     assert decoded.status.code == spanwire.STATUS_ERROR  # 4xx on a CLIENT span
     # Istio's and custom tags come sorted by name after Envoy's.
     tail = keys[keys.index("response_flags") + 1 :]
@@ -143,11 +172,13 @@ def test_unsampled_and_unreported_spans_are_not_exported():
     t = tracer(sampling=0.0, sink=out)
     rid = t.sample(new_request_id(), {})
     span = t.start({}, rid, spanwire.SERVER, "x")
-    assert span is not None and not span.sampled
+    assert span is not None
+    assert not span.sampled
     t.finish(span, Finished(rid, "", "GET", "-", "", 0, 0, 200, "-", None, ""))
     quiet = tracer(sink=out, disable_span_reporting=True)
     rid = quiet.sample(new_request_id(), {})
     span = quiet.start({}, rid, spanwire.SERVER, "x")
-    assert span is not None and span.sampled
+    assert span is not None
+    assert span.sampled
     quiet.finish(span, Finished(rid, "", "GET", "-", "", 0, 0, 200, "-", None, ""))
     assert out == []

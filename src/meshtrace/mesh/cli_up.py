@@ -96,7 +96,7 @@ def register(app: typer.Typer) -> None:
         """Stop the running mesh: pods, collector, backend (its data stays in the mesh directory)."""
         import httpx
 
-        from meshtrace.mesh.client import MeshNotRunning, read_state
+        from meshtrace.mesh.client import MeshNotRunning, process_alive, read_state
 
         directory = _dir(mesh_dir)
         try:
@@ -112,9 +112,7 @@ def register(app: typer.Typer) -> None:
         deadline = time.monotonic() + timeout
         with console.status("stopping the mesh"):
             while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
+                if not process_alive(pid):
                     console.print("mesh stopped")
                     return
                 time.sleep(0.1)

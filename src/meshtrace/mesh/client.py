@@ -29,15 +29,26 @@ def read_state(mesh_dir: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise MeshNotRunning(f"no mesh is running in {mesh_dir}: start one with `meshtrace up`") from None
     pid = int(state.get("pid", 0))
+    if not process_alive(pid):
+        raise MeshNotRunning(
+            f"the mesh in {mesh_dir} is not running (process {pid} is gone): start one with `meshtrace up`"
+        )
+    return dict(state)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` still runs; an exited process its parent has not reaped yet (a zombie) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        raise MeshNotRunning(
-            f"the mesh in {mesh_dir} is not running (process {pid} is gone): start one with `meshtrace up`"
-        ) from None
+        return False
     except PermissionError:
-        pass
-    return dict(state)
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 class MeshClient:

@@ -259,10 +259,12 @@ class Mesh:
     async def stop(self) -> None:
         log.info("stopping the mesh")
         await self.supervisor.stop_all()
+        log.debug("pods stopped")
         for _, _, server in self.node_proxies.values():
             if server is not None:
                 server.close()
         await self._stop_backend()
+        log.debug("backend stopped")
         if hasattr(self, "_pusher_task"):
             self._pusher_task.cancel()
         with contextlib.suppress(FileNotFoundError):
