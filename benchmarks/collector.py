@@ -24,40 +24,11 @@ from typing import Any
 
 import grpc
 
-from common import machine, process_stat
+from common import free_port, machine, process_stat, run_sink
 from meshtrace.testing.bookinfo import requests_of, traffic
 from meshtrace.testing.server import CollectorProcess
 
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def run_sink(port: int, spans: Any) -> None:
-    """A TraceService that counts the spans it is sent (runs in its own process)."""
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-    async def export(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        message = ExportTraceServiceRequest.FromString(request)
-        count = sum(len(ss.spans) for rs in message.resource_spans for ss in rs.scope_spans)
-        with spans.get_lock():
-            spans.value += count
-        return b""
-
-    async def main() -> None:
-        server = grpc.aio.server(options=[("grpc.max_receive_message_length", 256 << 20)])
-        handler = grpc.unary_unary_rpc_method_handler(export)
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            "opentelemetry.proto.collector.trace.v1.TraceService", {"Export": handler}),))  # fmt: skip
-        server.add_insecure_port(f"127.0.0.1:{port}")
-        await server.start()
-        await server.wait_for_termination()
-
-    asyncio.run(main())
 
 
 async def drive(target: str, bodies: list[bytes], concurrency: int, seconds: float) -> int:

@@ -6,6 +6,7 @@ Pod addresses are taken from a loopback block of this test module's own.
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -302,3 +303,76 @@ def test_configuration_changes_apply_live(proxy, backend):
     assert after == before
     write(proxy, config(backend, 3))
     wait_until(lambda: httpx.get(f"http://{POD}:15000/ready").json()["version"] == 3)
+
+
+def start_proxy(
+    path: Path, data: dict[str, Any], pod: str, stderr: int = subprocess.DEVNULL
+) -> subprocess.Popen[bytes]:
+    """A second proxy process, for tests that stop it or break its export."""
+    data["node"] = {**data["node"], "pod_ip": pod, "id": f"sidecar~{pod}~echo-2.default~default.svc.cluster.local"}
+    write(path, data)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meshtrace.mesh.proxy", str(path)], stdout=subprocess.DEVNULL, stderr=stderr
+    )
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"http://{pod}:15000/ready", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return proc.poll() is not None
+
+    wait_until(ready, timeout=20)
+    assert proc.poll() is None
+    return proc
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_sigterm_exports_buffered_spans_and_ends_the_export_process(tmp_path, backend, apps):
+    pod = f"127.{BLOCK}.0.5"
+    proc = start_proxy(tmp_path / "proxy.json", config(backend, 1), pod)
+    try:
+        exporters = children(proc.pid)
+        assert len(exporters) == 1  # client and server share one provider and resource
+        # Requests first on a busy core: the export process lowers its own priority as it starts.
+        wait_until(lambda: os.getpriority(os.PRIO_PROCESS, exporters[0]) >= 10, timeout=10)
+        trace_ids = []
+        for _ in range(2):  # fewer than the 5 that trigger a flush: they wait for the 5 s timer
+            seen = httpx.get(f"http://{pod}:9080/", trust_env=False).json()
+            trace_ids.append(seen["headers"]["traceparent"].split("-")[1])
+        proc.terminate()
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    for trace_id in trace_ids:
+        assert jaeger_trace(backend, trace_id)["spans"][0]["operationName"] == "echo.default.svc.cluster.local:9080/*"
+    assert not [pid for pid in exporters if Path(f"/proc/{pid}").exists()]
+
+
+def test_failed_exports_are_dropped_counted_and_logged(tmp_path, backend, apps):
+    pod = f"127.{BLOCK}.0.6"
+    data = config(backend, 1)
+    for side in ("client", "server"):
+        data[side]["provider"] = {**data[side]["provider"], "endpoints": [DEAD], "timeout": 1.0}
+    proc = start_proxy(tmp_path / "proxy.json", data, pod, stderr=subprocess.PIPE)
+    try:
+        for _ in range(6):
+            assert httpx.get(f"http://{pod}:9080/", trust_env=False).status_code == 200
+
+        def failed() -> dict[str, Any] | None:
+            stats = httpx.get(f"http://{pod}:15000/stats").json()["tracing"]["exporters"]["otel"]
+            return stats if stats["exports_failed"] >= 1 else None
+
+        stats = wait_until(failed, timeout=15)
+        assert stats["spans_dropped"] >= 5
+        assert stats["spans_sent"] == 0
+        assert "UNAVAILABLE" in stats["last_error"]
+        assert httpx.get(f"http://{pod}:9080/", trust_env=False).status_code == 200  # requests go on
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=15)
+    assert b"export of" in stderr
+    assert b"failed" in stderr

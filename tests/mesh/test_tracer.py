@@ -16,6 +16,7 @@ from meshtrace.mesh.proxy.tracer import (
     Finished,
     SideTracer,
     decide,
+    encode_record,
     new_request_id,
     parse_b3,
     parse_traceparent,
@@ -149,7 +150,7 @@ def test_finished_span_has_envoys_tags_in_order_and_statuses():
         headers={b"x-user": b"jason"},
     )
     t.finish(span, done)
-    decoded = Span.FromString(out[0])
+    decoded = Span.FromString(encode_record(out[0]))
     keys = [kv.key for kv in decoded.attributes]
     assert keys[:2] == ["node_id", "zone"]
     assert keys.index("guid:x-request-id") < keys.index("http.url") < keys.index("user_agent") < keys.index("component")

@@ -1,87 +1,222 @@
-"""Span export off the request path: one thread per provider, flushing like Envoy's OpenTelemetry tracer
-(every 5 s, or as soon as 5 spans wait; at most every 50 ms, so that under load a
-busy proxy sends fewer, larger exports). While an export is in flight, spans keep arriving, so under load
-each export carries everything that accumulated: batches grow with traffic instead of exports multiplying.
-Failed exports are dropped and counted, as Envoy does; the buffer is bounded."""
+"""Span export off the request path, flushing like Envoy's OpenTelemetry tracer: every 5 s, or as soon as
+5 spans wait, at most every 50 ms (so that under load a busy proxy sends fewer, larger exports).
+
+The proxy's event loop only appends span records (``tracer.encode_record``, or Zipkin dicts) to a list; at each
+flush the list goes, marshalled, down a pipe to an export process of its own
+(``python -m meshtrace.mesh.proxy.export``), which encodes the OTLP or Zipkin request and sends it. A thread
+would share the interpreter lock with the request path, and encoding and sending cost more than proxying
+the request itself (``BENCHMARKS.md``, sidecar). Failed exports are dropped and counted, as Envoy does;
+what waits for the export process is bounded. The export process runs at a lower priority (nice 10), so
+that on a shared core requests go first, and ignores SIGTERM (the pod's signal): it
+sends what it was given and exits when the proxy closes the pipe, or dies with it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import itertools
+import json
 import logging
-import threading
+import marshal
+import os
+import signal
+import struct
+import subprocess
+import sys
 import time
-from collections import deque
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
 from meshtrace.mesh.proxy import spanwire
 from meshtrace.mesh.proxy.config import Provider
+from meshtrace.mesh.proxy.tracer import encode_record
 
 log = logging.getLogger("meshtrace.proxy.export")
 
 FLUSH_INTERVAL = 5.0
 MIN_FLUSH_SPANS = 5
-MAX_BUFFERED = 50_000
-MAX_BATCH = 5000
 MIN_EXPORT_INTERVAL = 0.05
+MAX_BUFFERED = 50_000
+MAX_PIPE_BACKLOG = 64 << 20
+MAX_BATCH = 5000
 FAILURE_PAUSE = 1.0
+_FRAME = struct.Struct("<I")
 _EXPORT_PATH = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
 
 class Exporter:
-    """Buffers finished spans (OTLP ``Span`` bytes, or Zipkin dicts) and sends them to the provider."""
+    """The proxy's side: buffers finished spans and hands them to the export process."""
+
+    def __init__(self, provider: Provider, resource: list[tuple[str, str]]) -> None:
+        self.provider = provider
+        self._buffer: list[Any] = []
+        self._backlog = bytearray()
+        self._dropped = 0
+        self._child_stats: dict[str, Any] = {}
+        self._stats_tail = b""
+        self._loop = asyncio.get_running_loop()
+        self._last_flush = 0.0
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._closed = False
+        self._writing = False
+        self._drained = asyncio.Event()
+        self._reading = True
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "meshtrace.mesh.proxy.export"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        assert self._proc.stdin is not None
+        assert self._proc.stdout is not None
+        # The file objects own the descriptors (closing those, not the numbers, avoids a double close).
+        self._files = (self._proc.stdin, self._proc.stdout)
+        self._stdin, self._stdout = self._proc.stdin.fileno(), self._proc.stdout.fileno()
+        self._send_frame(marshal.dumps({"provider": dataclasses.asdict(provider), "resource": resource}))
+        os.set_blocking(self._stdin, False)
+        os.set_blocking(self._stdout, False)
+        self._loop.add_reader(self._stdout, self._read_stats)
+        self._schedule(FLUSH_INTERVAL)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        child = self._child_stats
+        return {
+            "spans_sent": child.get("spans_sent", 0),
+            "spans_dropped": child.get("spans_dropped", 0) + self._dropped,
+            "exports_ok": child.get("exports_ok", 0),
+            "exports_failed": child.get("exports_failed", 0),
+        }
+
+    @property
+    def last_error(self) -> str:
+        return str(self._child_stats.get("last_error", ""))
+
+    def add(self, record: Any) -> None:
+        buffer = self._buffer
+        if len(buffer) >= MAX_BUFFERED:
+            self._dropped += 1
+            return
+        buffer.append(record)
+        if len(buffer) == MIN_FLUSH_SPANS:
+            self._schedule(self._last_flush + MIN_EXPORT_INTERVAL - time.monotonic())
+
+    def _schedule(self, delay: float) -> None:
+        when = self._loop.time() + max(0.0, delay)
+        handle = self._flush_handle
+        if handle is not None:
+            if handle.when() <= when:
+                return
+            handle.cancel()
+        self._flush_handle = self._loop.call_at(when, self.flush)
+
+    def flush(self) -> None:
+        self._flush_handle = None
+        self._last_flush = time.monotonic()
+        if self._buffer and not self._closed:
+            batch, self._buffer = self._buffer, []
+            if len(self._backlog) > MAX_PIPE_BACKLOG:
+                self._dropped += len(batch)  # the export process does not keep up
+            else:
+                self._send_frame(marshal.dumps(batch))
+        if not self._closed:
+            self._schedule(FLUSH_INTERVAL)
+
+    def _send_frame(self, frame: bytes) -> None:
+        waiting = bool(self._backlog)
+        self._backlog += _FRAME.pack(len(frame))
+        self._backlog += frame
+        if not waiting:
+            self._write()
+
+    def _write(self) -> None:
+        try:
+            written = os.write(self._stdin, self._backlog)
+        except BlockingIOError:
+            written = 0
+        except BrokenPipeError:
+            self._on_child_gone()
+            return
+        del self._backlog[:written]
+        if self._backlog and not self._writing:
+            self._loop.add_writer(self._stdin, self._write)
+            self._writing = True
+        elif not self._backlog and self._writing:
+            self._loop.remove_writer(self._stdin)
+            self._writing = False
+            self._drained.set()
+
+    def _on_child_gone(self) -> None:
+        if self._writing:
+            self._loop.remove_writer(self._stdin)
+            self._writing = False
+        if not self._closed:
+            log.error("the export process of %s exited (%s)", self.provider.name, self._proc.poll())
+        self._backlog.clear()
+        self._closed = True
+
+    def _read_stats(self) -> None:
+        try:
+            data = os.read(self._stdout, 65536)
+        except BlockingIOError:
+            return
+        if not data:
+            self._loop.remove_reader(self._stdout)
+            self._reading = False
+            return
+        lines = (self._stats_tail + data).split(b"\n")
+        self._stats_tail = lines.pop()
+        if lines:
+            self._child_stats = orjson.loads(lines[-1])
+
+    async def close(self, within: float = 2.0) -> None:
+        """Hand over what is buffered and let the export process send it and exit (bounded by ``within``
+        seconds; the event loop keeps serving meanwhile)."""
+        deadline = time.monotonic() + within
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if not self._closed:
+            self.flush()
+            self._closed = True
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+        if self._backlog and self._writing:
+            self._drained.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), deadline - time.monotonic())
+        if self._writing:
+            self._loop.remove_writer(self._stdin)
+            self._writing = False
+        with contextlib.suppress(OSError):
+            self._files[0].close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(self._proc.wait, max(0.0, deadline - time.monotonic()))
+        if self._proc.poll() is None:
+            log.warning("the export process of %s did not finish in %.1f s: stopped", self.provider.name, within)
+            self._proc.kill()
+            self._proc.wait()
+        self._read_stats()
+        if self._reading:
+            self._loop.remove_reader(self._stdout)
+            self._reading = False
+        with contextlib.suppress(OSError):
+            self._files[1].close()
+
+
+class Sender:
+    """The export process's side: encodes each batch and sends it to the provider's endpoints."""
 
     def __init__(self, provider: Provider, resource: list[tuple[str, str]]) -> None:
         self.provider = provider
         self.resource = spanwire.resource(resource)
-        self._buffer: deque[Any] = deque()
-        self._wake = threading.Event()
-        self._stop = False
         self._endpoints = itertools.cycle(provider.endpoints) if provider.endpoints else None
-        self.stats = {"spans_sent": 0, "spans_dropped": 0, "exports_ok": 0, "exports_failed": 0}
+        self.stats: dict[str, Any] = {"spans_sent": 0, "spans_dropped": 0, "exports_ok": 0, "exports_failed": 0}
         self.last_error = ""
         self._client: Any = None
         self._channels: dict[str, Any] = {}
-        self._thread = threading.Thread(target=self._run, name=f"export-{provider.name}", daemon=True)
-        self._thread.start()
 
-    def add(self, span: Any) -> None:
-        buffer = self._buffer
-        if len(buffer) >= MAX_BUFFERED:
-            self.stats["spans_dropped"] += 1
-            return
-        buffer.append(span)
-        if len(buffer) == MIN_FLUSH_SPANS:
-            self._wake.set()
-
-    def close(self, timeout: float = 2.0) -> None:
-        """Send what is buffered (bounded by ``timeout``), then stop."""
-        self._stop = True
-        self._wake.set()
-        self._thread.join(timeout)
-        for channel in self._channels.values():
-            channel.close()
-        if self._client is not None:
-            self._client.close()
-
-    def _run(self) -> None:
-        while True:
-            self._wake.wait(FLUSH_INTERVAL)
-            self._wake.clear()
-            stopping = self._stop
-            while self._buffer:
-                batch = [self._buffer.popleft() for _ in range(min(len(self._buffer), MAX_BATCH))]
-                if not self._send(batch) and not stopping:
-                    time.sleep(FAILURE_PAUSE)
-                if len(self._buffer) < MAX_BATCH // 10 and not stopping:
-                    break
-            if stopping:
-                return
-            # Exports take the GIL from the request path: under load, let spans gather a little.
-            time.sleep(MIN_EXPORT_INTERVAL)
-
-    def _send(self, batch: list[Any]) -> bool:
+    def send(self, batch: list[Any]) -> bool:
         if self._endpoints is None:
             self.stats["spans_dropped"] += len(batch)
             return False
@@ -90,10 +225,12 @@ class Exporter:
         try:
             if self.provider.kind == "zipkin":
                 self._post(endpoint, orjson.dumps(batch), "application/json")
-            elif self.provider.transport == "http":
-                self._post(endpoint, spanwire.export_request(self.resource, batch), "application/x-protobuf")
             else:
-                self._grpc(endpoint, spanwire.export_request(self.resource, batch))
+                body = spanwire.export_request(self.resource, [encode_record(r) for r in batch])
+                if self.provider.transport == "http":
+                    self._post(endpoint, body, "application/x-protobuf")
+                else:
+                    self._grpc(endpoint, body)
         except Exception as exc:
             self.stats["exports_failed"] += 1
             self.stats["spans_dropped"] += len(batch)
@@ -136,3 +273,48 @@ class Exporter:
         call = channel.unary_unary(_EXPORT_PATH)
         metadata = [(name.lower(), value) for name, value in self.provider.headers] or None
         call(body, timeout=self.provider.timeout, metadata=metadata)
+
+
+def _read_frame(stream: BinaryIO) -> bytes | None:
+    head = stream.read(_FRAME.size)
+    if len(head) < _FRAME.size:
+        return None
+    (size,) = _FRAME.unpack(head)
+    body = stream.read(size)
+    return body if len(body) == size else None
+
+
+def serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
+    """The export process: a setup frame, then batches until the proxy closes the pipe."""
+    setup = _read_frame(stdin)
+    if setup is None:
+        return 1
+    config = marshal.loads(setup)  # noqa: S302 - frames come from the parent proxy over a private pipe
+    sender = Sender(Provider.from_json(config["provider"]), [tuple(p) for p in config["resource"]])
+    while (frame := _read_frame(stdin)) is not None:
+        batch = marshal.loads(frame)  # noqa: S302 - as above
+        for start in range(0, len(batch), MAX_BATCH):
+            if not sender.send(batch[start : start + MAX_BATCH]) and sender.last_error:
+                time.sleep(min(FAILURE_PAUSE, sender.provider.timeout))
+        report = {**sender.stats, "last_error": sender.last_error}
+        stdout.write(json.dumps(report).encode() + b"\n")
+        stdout.flush()
+    return 0
+
+
+def main() -> int:
+    os.nice(10)  # requests first: on a busy core, exporting spans waits
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(
+        level=os.environ.get("MESHTRACE_PROXY_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return serve(sys.stdin.buffer, sys.stdout.buffer)
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -21,7 +21,9 @@ from meshtrace.mesh.proxy.config import Cluster, Inbound, ProxyConfig, Route, Vi
 from meshtrace.mesh.proxy.http1 import Exchange
 from meshtrace.mesh.proxy.tracer import Finished, SideTracer, Span, new_request_id
 
-_B3 = (b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags", b"b3")
+_B3 = frozenset((b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags", b"b3"))
+_W3C = frozenset((b"traceparent", b"tracestate"))
+_CONTEXT = _B3 | _W3C
 PASSTHROUGH = "PassthroughCluster"
 
 
@@ -59,7 +61,7 @@ class Holder:
 
 def _split_target(target: bytes, host_header: bytes | None) -> tuple[str, int, bytes]:
     """(host, port, origin-form path) from an absolute-form or origin-form request target."""
-    if target.startswith((b"http://", b"HTTP://")):
+    if target[:1] != b"/" and target.startswith((b"http://", b"HTTP://")):
         url = httptools.parse_url(target)
         path = url.path or b"/"
         if url.query:
@@ -91,18 +93,18 @@ def _trace_headers(exchange: Exchange, tracer: SideTracer, span: Span | None) ->
     if span is not None and tracer.propagate:
         out = tracer.inject(span)
         if not tracer.w3c:
-            out += _copy(headers, (b"traceparent", b"tracestate"))
+            out += _copy(headers, _W3C)
         if not tracer.zipkin:
             out += _copy(headers, _B3)
         return out
-    return _copy(headers, (b"traceparent", b"tracestate", *_B3))
+    return _copy(headers, _CONTEXT)
 
 
-def _copy(headers: dict[bytes, bytes], names: tuple[bytes, ...]) -> bytes:
+def _copy(headers: dict[bytes, bytes], names: frozenset[bytes]) -> bytes:
+    """The headers among ``names``, in arrival order (``headers`` holds only the few the proxy manages)."""
     out = b""
-    for name in names:
-        value = headers.get(name)
-        if value is not None:
+    for name, value in headers.items():
+        if name in names:
             out += name + b": " + value + b"\r\n"
     return out
 
@@ -166,26 +168,36 @@ class InboundListener:
     def __init__(self, holder: Holder, port: int) -> None:
         self.holder = holder
         self.port = port
+        self._cached: tuple[State | None, tuple[Inbound, Cluster] | None] = (None, None)
 
-    def _inbound(self, state: State) -> Inbound | None:
+    def _inbound(self, state: State) -> tuple[Inbound, Cluster] | None:
+        cached = self._cached
+        if cached[0] is state:
+            return cached[1]
+        found = None
         for inbound in state.config.inbound:
             if inbound.port == self.port:
-                return inbound
-        return None
+                found = inbound, Cluster(f"inbound|{self.port}||", "", self.port, (inbound.app,))
+                break
+        self._cached = (state, found)
+        return found
 
     def handle(self, exchange: Exchange) -> None:
         state = self.holder.state
-        inbound = self._inbound(state)
+        route = self._inbound(state)
         state.count("downstream_rq_total")
-        if inbound is None:
+        if route is None:
             exchange.local_reply(503, "no healthy upstream", "UH")
             return
+        inbound, cluster = route
         headers = exchange.headers
         request_id = _request_id(exchange)
         tracer = state.server
         span = None
         host = headers.get(b"host", b"")
-        _, _, path = _split_target(exchange.target, host)
+        path = exchange.target
+        if path[:1] != b"/":
+            path = _split_target(path, host)[2]
         if tracer.enabled:
             request_id = tracer.sample(request_id, headers)
             operation = headers.pop(b"x-envoy-decorator-operation", None)
@@ -193,7 +205,7 @@ class InboundListener:
             span = tracer.start(headers, request_id, spanwire.SERVER, name)
             exchange.note = _Note(tracer, request_id, host, path)
         exchange.span = span
-        exchange.cluster = Cluster(f"inbound|{self.port}||", "", self.port, (inbound.app,))
+        exchange.cluster = cluster
         extra = _trace_headers(exchange, tracer, span)
         operation = headers.get(b"x-envoy-decorator-operation")
         if operation is not None:
@@ -202,7 +214,7 @@ class InboundListener:
 
     def complete(self, exchange: Exchange) -> None:
         span, note = exchange.span, exchange.note
-        if span is not None and note is not None:
+        if span is not None and span.sampled and note is not None:
             note.tracer.finish(span, _finished(exchange, note, exchange.down.peer))
 
 
@@ -247,16 +259,12 @@ class OutboundListener:
         if endpoint is None:
             exchange.local_reply(503, "no healthy upstream", "UH")
             return
-        extra += (
-            _trace_headers(exchange, tracer, span)
-            if self.traced
-            else _copy(headers, (b"traceparent", b"tracestate", *_B3))
-        )
+        extra += _trace_headers(exchange, tracer, span) if self.traced else _copy(headers, _CONTEXT)
         exchange.forward(endpoint, _head(exchange, path, host_bytes, request_id, extra))
 
     def complete(self, exchange: Exchange) -> None:
         span, note = exchange.span, exchange.note
-        if span is not None and note is not None:
+        if span is not None and span.sampled and note is not None:
             # The downstream of an outbound span is the pod's own application.
             note.tracer.finish(span, _finished(exchange, note, self.holder.state.config.node.pod_ip))
 
@@ -356,13 +364,12 @@ class GatewayListener:
 
     def complete(self, exchange: Exchange) -> None:
         span, note = exchange.span, exchange.note
-        if note is None:
+        if note is None or span is None or not span.sampled:
             return
         done = _finished(exchange, note, exchange.down.peer)
         if exchange.upstream_span is not None:
             note.tracer.finish_upstream(exchange.upstream_span, done)
-        if span is not None:
-            note.tracer.finish(span, done)
+        note.tracer.finish(span, done)
 
 
 def _weighted(route: Route) -> str:

@@ -48,6 +48,7 @@ class Proxy:
         self.pool = Pool(config.node.pod_ip)
         self.app_pool = Pool(None)
         self.stopping = asyncio.Event()
+        self._closing: set[asyncio.Task[None]] = set()
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -103,7 +104,9 @@ class Proxy:
         for key, exporter in list(self.exporters.items()):
             if id(exporter) not in live:
                 del self.exporters[key]
-                exporter.close(timeout=1.0)
+                task = asyncio.get_running_loop().create_task(exporter.close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
 
     # -- listeners ----------------------------------------------------------------------------
 
@@ -186,8 +189,7 @@ class Proxy:
             await watcher
         self.pool.close()
         self.app_pool.close()
-        for exporter in self.exporters.values():
-            exporter.close()
+        await asyncio.gather(*(exporter.close() for exporter in self.exporters.values()))
         log.info("stopped")
 
 

@@ -33,8 +33,12 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
+_VARINTS = [varint(n) for n in range(1 << 14)]  # lengths below 16 KiB: a lookup, not a call
+
+
 def _field(tag: bytes, payload: bytes) -> bytes:
-    return tag + varint(len(payload)) + payload
+    size = len(payload)
+    return tag + (_VARINTS[size] if size < 16384 else varint(size)) + payload
 
 
 def attribute_key(key: str) -> bytes:
@@ -45,9 +49,15 @@ def attribute_key(key: str) -> bytes:
 def string_attribute(key_prefix: bytes, value: str) -> bytes:
     """One ``Span.attributes`` entry (field 9) with a string value."""
     raw = value.encode()
-    any_value = b"\x0a" + varint(len(raw)) + raw
-    key_value = key_prefix + varint(len(any_value)) + any_value
-    return b"\x4a" + varint(len(key_value)) + key_value
+    size = len(raw)
+    if size > 16000 or len(key_prefix) > 300:
+        any_value = b"\x0a" + varint(size) + raw
+        key_value = key_prefix + varint(len(any_value)) + any_value
+        return b"\x4a" + varint(len(key_value)) + key_value
+    head = _VARINTS[size]
+    inner = len(head) + 1 + size
+    length = _VARINTS[inner]
+    return b"".join((b"\x4a", _VARINTS[len(key_prefix) + len(length) + inner], key_prefix, length, b"\x0a", head, raw))
 
 
 def string_attributes(pairs: Iterable[tuple[str, str]]) -> bytes:

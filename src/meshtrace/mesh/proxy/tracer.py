@@ -320,60 +320,24 @@ class SideTracer:
         return cached
 
     def finish(self, span: Span, done: Finished) -> None:
-        """Envoy's ``finalizeDownstreamSpan``: tags in Envoy's order, then hand the span to the exporter."""
-        if not span.sampled or not self.report or self.sink is None:
-            return
-        if self.zipkin:
-            self.sink(self._zipkin(span, done, upstream=False))
-            return
-        attr = spanwire.string_attribute
-        parts = [self.start_bytes]
-        if done.request_id:
-            parts.append(attr(_KEYS["guid:x-request-id"], done.request_id))
-        parts += (
-            attr(_KEYS["http.url"], done.url),
-            attr(_KEYS["http.method"], done.method),
-            _STATIC["downstream_cluster"],
-            attr(_KEYS["user_agent"], done.user_agent),
-            _STATIC["http.protocol"],
-            attr(_KEYS["peer.address"], done.peer_address),
-        )
-        if done.client_trace_id:
-            parts.append(attr(_KEYS["guid:x-client-trace-id"], done.client_trace_id))
-        parts += (
-            attr(_KEYS["request_size"], str(done.request_size)),
-            attr(_KEYS["response_size"], str(done.response_size)),
-        )
-        parts += self._common(span, done)
-        self.sink(
-            spanwire.encode_span(
-                span.trace_id,
-                span.span_id,
-                span.parent_id,
-                self._name(span.name),
-                span.kind,
-                span.start_ns,
-                _time_ns(),
-                b"".join(parts),
-                self._status(span, done.status),
-                span.trace_state,
-            )
-        )
+        """Envoy's ``finalizeDownstreamSpan``; the exporter encodes the record (``encode_record``)."""
+        if span.sampled and self.report:
+            self._finish(span, done, False)
 
     def finish_upstream(self, span: Span, done: Finished) -> None:
         """Envoy's ``finalizeUpstreamSpan`` for the gateway's upstream child span."""
-        if not span.sampled or not self.report or self.sink is None:
-            return
+        if span.sampled and self.report:
+            self._finish(span, done, True)
+
+    def _finish(self, span: Span, done: Finished, upstream: bool) -> None:
+        assert self.sink is not None
         if self.zipkin:
-            self.sink(self._zipkin(span, done, upstream=True))
+            self.sink(self._zipkin(span, done, upstream))
             return
-        parts = [_STATIC["http.protocol"]]
-        if done.upstream_address:
-            parts.append(spanwire.string_attribute(_KEYS["upstream_address"], done.upstream_address))
-            parts.append(spanwire.string_attribute(_KEYS["peer.address"], done.upstream_address))
-        parts += self._common(span, done, upstream=True)
+        status = done.status
         self.sink(
-            spanwire.encode_span(
+            (
+                upstream,
                 span.trace_id,
                 span.span_id,
                 span.parent_id,
@@ -381,30 +345,24 @@ class SideTracer:
                 span.kind,
                 span.start_ns,
                 _time_ns(),
-                b"".join(parts),
-                self._status(span, done.status),
+                self._status(span, status),
                 span.trace_state,
+                self.start_bytes,
+                done.request_id,
+                done.url,
+                done.method,
+                done.user_agent,
+                done.peer_address,
+                done.client_trace_id,
+                done.request_size,
+                done.response_size,
+                self._cluster_tags(done.cluster),
+                status,
+                done.flags,
+                done.upstream_address,
+                self.fixed_bytes if not self.header_tags else spanwire.string_attributes(self._all_custom(done)),
             )
         )
-
-    def _common(self, span: Span, done: Finished, upstream: bool = False) -> list[bytes]:
-        """``setCommonTags``: component, cluster, status code, flags, error, then the custom tags."""
-        attr = spanwire.string_attribute
-        parts = [
-            _STATIC["component"],
-            self._cluster_tags(done.cluster),
-            attr(_KEYS["http.status_code"], str(done.status)),
-            attr(_KEYS["response_flags"], done.flags),
-        ]
-        if not upstream and done.upstream_address:
-            parts.append(attr(_KEYS["upstream_address"], done.upstream_address))
-        if done.status == 0 or done.status >= 500:
-            parts.append(_STATIC["error"])
-        if not self.header_tags:
-            parts.append(self.fixed_bytes)
-        else:
-            parts.append(spanwire.string_attributes(self._all_custom(done)))
-        return parts
 
     def _all_custom(self, done: Finished) -> list[tuple[str, str]]:
         tags = dict(self.fixed_tags)
@@ -486,3 +444,41 @@ def resource_attributes(node: Node, spec: TracingSpec | None) -> list[tuple[str,
             if sep and key.strip():
                 attributes.append((key.strip(), value.strip()))
     return attributes
+
+
+def encode_record(record: tuple[Any, ...]) -> bytes:
+    """The OTLP ``Span`` of a record from ``SideTracer.finish``: tags in Envoy's order (``setCommonTags``
+    last). Runs in the export process, off the request path."""
+    (upstream, trace_id, span_id, parent_id, name, kind, start_ns, end_ns, status, trace_state, prefix,
+     request_id, url, method, user_agent, peer, client_trace_id, request_size, response_size, cluster, code,
+     flags, upstream_address, custom) = record  # fmt: skip
+    attr = spanwire.string_attribute
+    if upstream:
+        parts = [_STATIC["http.protocol"]]
+        if upstream_address:
+            parts += (attr(_KEYS["upstream_address"], upstream_address), attr(_KEYS["peer.address"], upstream_address))
+    else:
+        parts = [prefix]
+        if request_id:
+            parts.append(attr(_KEYS["guid:x-request-id"], request_id))
+        parts += (
+            attr(_KEYS["http.url"], url),
+            attr(_KEYS["http.method"], method),
+            _STATIC["downstream_cluster"],
+            attr(_KEYS["user_agent"], user_agent),
+            _STATIC["http.protocol"],
+            attr(_KEYS["peer.address"], peer),
+        )
+        if client_trace_id:
+            parts.append(attr(_KEYS["guid:x-client-trace-id"], client_trace_id))
+        parts += (attr(_KEYS["request_size"], str(request_size)), attr(_KEYS["response_size"], str(response_size)))
+    parts += (_STATIC["component"], cluster, attr(_KEYS["http.status_code"], str(code)))
+    parts.append(attr(_KEYS["response_flags"], flags))
+    if not upstream and upstream_address:
+        parts.append(attr(_KEYS["upstream_address"], upstream_address))
+    if code == 0 or code >= 500:
+        parts.append(_STATIC["error"])
+    parts.append(custom)
+    return spanwire.encode_span(
+        trace_id, span_id, parent_id, name, kind, start_ns, end_ns, b"".join(parts), status, trace_state
+    )

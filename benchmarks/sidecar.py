@@ -1,0 +1,365 @@
+"""Sidecar benchmark: what meshtrace's proxy costs per hop, against nginx doing the same job, in one run.
+
+Configurations (each behind the same upstream app, loaded by ``wrk``):
+
+* ``direct``: wrk → app.
+* ``nginx``: wrk → nginx reverse proxy (keep-alive upstream pool; reads ``traceparent``, makes a span id,
+  sets ``traceparent`` and ``x-request-id``, writes a span line to a buffered log) → app.
+* ``meshtrace``: wrk → the sidecar's inbound listener (SERVER span, 100% sampling) → app.
+* ``nginx chain`` / ``meshtrace chain``: Istio's two hops, the caller's sidecar (outbound, CLIENT span) → the
+  callee's sidecar (inbound, SERVER span) → app.
+
+meshtrace's spans are encoded and exported over OTLP/gRPC to a sink process that decodes and counts them;
+the run checks that every span reached it. The app is nginx returning 1 KiB (a small Python server when
+nginx is not installed; then only ``direct`` is compared). Throughput: ``wrk -t1 -c16`` over both CPUs;
+latency per hop: ``wrk -t1 -c1`` with every process pinned to CPU 0 (cross-CPU wake-ups in a VM would
+otherwise dominate), (p50 of the config − p50 of direct) ÷ hops. Rounds rotate the order; medians are
+reported. Prints one JSON object.
+
+    .venv/bin/python benchmarks/sidecar.py [--seconds 10] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from common import free_port, machine, process_stat, run_sink
+
+BODY = "x" * 1024
+WRK_REPORT = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('{"requests": %d, "errors": %d, "seconds": %f, "p50": %d, "p99": %d}\\n',
+    summary.requests, e.connect + e.read + e.write + e.status + e.timeout, summary.duration / 1e6,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+NGINX_MAIN = """
+worker_processes 1;
+error_log {dir}/error.log warn;
+pid {dir}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/tmp;
+  proxy_temp_path {dir}/tmp;
+  keepalive_requests 1000000;
+  {servers}
+}}
+"""
+NGINX_APP = """
+server {{ listen 127.0.0.1:{port}; location / {{ return 200 "{body}"; }} }}
+"""
+NGINX_PROXY = """
+upstream up{port} {{ server {upstream}; keepalive 256; }}
+map $http_traceparent $trace{port} {{
+  "~^00-(?<t>[0-9a-f]{{32}})-[0-9a-f]{{16}}-[0-9a-f]{{2}}$" $t; default $request_id; }}
+map $http_traceparent $flags{port} {{ "~-(?<f>[0-9a-f]{{2}})$" $f; default "01"; }}
+map $request_id $span{port} {{ "~^(?<s>[0-9a-f]{{16}})" $s; }}
+map $http_x_request_id $rid{port} {{ "" $request_id; default $http_x_request_id; }}
+log_format span{port} '$trace{port} $span{port} $msec $request_time $request_method $request_uri $status';
+server {{
+  listen 127.0.0.1:{port};
+  access_log /dev/null span{port} buffer=64k;
+  location / {{
+    proxy_pass http://up{port};
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header traceparent "00-$trace{port}-$span{port}-$flags{port}";
+    proxy_set_header x-request-id $rid{port};
+  }}
+}}
+"""
+PY_APP = """
+import asyncio, httptools, uvloop
+REPLY = b"HTTP/1.1 200 OK\\r\\ncontent-type: text/plain\\r\\ncontent-length: 1024\\r\\n\\r\\n" + b"x" * 1024
+class App(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport, self.parser = transport, httptools.HttpRequestParser(self)
+    def data_received(self, data):
+        self.parser.feed_data(data)
+    def on_message_complete(self):
+        self.transport.write(REPLY)
+async def main():
+    server = await asyncio.get_running_loop().create_server(App, "127.0.0.1", {port})
+    await server.serve_forever()
+uvloop.run(main())
+"""
+
+
+class Setup:
+    """The processes of one run; all started here and stopped by their own PIDs."""
+
+    def __init__(self, workdir: Path, sink_port: int) -> None:
+        self.dir = workdir
+        self.sink_port = sink_port
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.nginx = shutil.which("nginx") or next(
+            (p for p in ("/usr/sbin/nginx", "/sbin/nginx") if Path(p).exists()), None
+        )
+        block = 40 + 2 * random.randrange(0, 60)
+        self.server_pod, self.client_pod = f"127.{block}.0.2", f"127.{block}.0.3"
+        self.app_port = free_port()
+        self.proxy_pids: dict[str, list[int]] = {}
+
+    def start(self) -> dict[str, tuple[str, int, str | None]]:
+        """Starts everything; returns config name → (URL, hops, Host header)."""
+        app = f"127.0.0.1:{self.app_port}"
+        targets: dict[str, tuple[str, int, str | None]] = {"direct": (f"http://{app}/", 0, None)}
+        if self.nginx:
+            one, chain_in, chain_out = free_port(), free_port(), free_port()
+            servers = NGINX_APP.format(port=self.app_port, body=BODY)
+            servers += NGINX_PROXY.format(port=one, upstream=app)
+            servers += NGINX_PROXY.format(port=chain_in, upstream=app)
+            servers += NGINX_PROXY.format(port=chain_out, upstream=f"127.0.0.1:{chain_in}")
+            (self.dir / "tmp").mkdir()
+            conf = self.dir / "nginx.conf"
+            conf.write_text(NGINX_MAIN.format(dir=self.dir, servers=servers))
+            proc = self._spawn([self.nginx, "-p", str(self.dir), "-c", str(conf), "-g", "daemon off;"], "nginx")
+            self.nginx_pid = proc.pid
+            targets["nginx"] = (f"http://127.0.0.1:{one}/", 1, None)
+            targets["nginx chain"] = (f"http://127.0.0.1:{chain_out}/", 2, None)
+        else:
+            (self.dir / "app.py").write_text(PY_APP.format(port=self.app_port))
+            self._spawn([sys.executable, str(self.dir / "app.py")], "app")
+        server = self._proxy("server", self.server_pod, inbound=app)
+        client = self._proxy("client", self.client_pod, upstream=f"{self.server_pod}:9080")
+        targets["meshtrace"] = (f"http://{self.server_pod}:9080/", 1, None)
+        targets["meshtrace chain"] = (f"http://{self.client_pod}:15001/", 2, "echo:9080")
+        self.proxy_pids = {"meshtrace": [server], "meshtrace chain": [client, server]}
+        for url, _, host in targets.values():
+            self._wait(url, host)
+        return targets
+
+    def _spawn(self, argv: list[str], name: str) -> subprocess.Popen[bytes]:
+        with open(self.dir / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    def _proxy(self, name: str, pod_ip: str, inbound: str | None = None, upstream: str | None = None) -> int:
+        provider = {
+            "name": "otel",
+            "kind": "opentelemetry",
+            "service": "sink.bench.svc.cluster.local",
+            "port": 4317,
+            "endpoints": [f"127.0.0.1:{self.sink_port}"],
+        }
+        spec = {"provider": provider, "sampling": 100.0}
+        fqdn = "echo.default.svc.cluster.local"
+        config = {
+            "version": 1,
+            "node": {
+                "id": f"sidecar~{pod_ip}~{name}-1.default~default.svc.cluster.local",
+                "kind": "sidecar",
+                "pod": f"{name}-1",
+                "namespace": "default",
+                "pod_ip": pod_ip,
+                "service_cluster": f"{name}.default",
+                "canonical_service": name,
+                "canonical_revision": "v1",
+            },
+            "clusters": [
+                {
+                    "name": f"outbound|9080||{fqdn}",
+                    "service": fqdn,
+                    "port": 9080,
+                    "endpoints": [upstream] if upstream else [],
+                }
+            ],
+            "hosts": {"echo:9080": [f"outbound|9080||{fqdn}", f"{fqdn}:9080/*"]},
+            "inbound": [{"port": 9080, "app": inbound, "decorator": f"{fqdn}:9080/*"}] if inbound else [],
+            "client": spec,
+            "server": spec,
+        }
+        path = self.dir / f"{name}.json"
+        path.write_text(json.dumps(config))
+        return self._spawn([sys.executable, "-m", "meshtrace.mesh.proxy", str(path)], f"proxy-{name}").pid
+
+    def _wait(self, url: str, host: str | None) -> None:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                headers = {"host": host} if host else {}
+                if httpx.get(url, headers=headers, timeout=2, trust_env=False).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
+                logs = "\n".join(f"{p.name}:\n{p.read_text()}" for p in self.dir.glob("*.log"))
+                raise SystemExit(f"{url} did not answer 200 within 20 s\n{logs}")
+            time.sleep(0.1)
+
+    def exported(self) -> tuple[int, int]:
+        """(spans sent, spans dropped) by both proxies, from their admin ``/stats``."""
+        sent = dropped = 0
+        for pod in (self.server_pod, self.client_pod):
+            stats = httpx.get(f"http://{pod}:15000/stats", trust_env=False).json()
+            for exporter in stats["tracing"]["exporters"].values():
+                sent += exporter["spans_sent"]
+                dropped += exporter["spans_dropped"]
+        return sent, dropped
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (nginx workers, the proxies' export processes)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def pin(pids: list[int], cpus: set[int]) -> None:
+    """Every thread of ``pids`` (and this process, so wrk too) on ``cpus``."""
+    for pid in [*pids, os.getpid()]:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(task.name), cpus)
+
+
+def wrk(url: str, host: str | None, connections: int, seconds: float, script: Path) -> dict[str, Any]:
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", str(script), url]
+    if host:
+        argv[1:1] = ["-H", f"Host: {host}"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    if result["errors"]:
+        raise SystemExit(f"wrk saw {result['errors']} errors against {url}:\n{out}")
+    return dict(result)
+
+
+def cpu(pids: list[int]) -> float:
+    return sum(process_stat(pid)[0] for pid in pids)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0, help="Length of each wrk run.")
+    parser.add_argument("--rounds", type=int, default=3, help="Rounds of every configuration, order rotated.")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed: apt-get install wrk (and nginx-light to compare with nginx)")
+
+    spans = multiprocessing.Value("q", 0)
+    sink_port = free_port()
+    sink = multiprocessing.Process(target=run_sink, args=(sink_port, spans), daemon=True)
+    sink.start()
+    runs: dict[str, list[dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory(prefix="meshtrace-sbench-") as tmp:
+        script = Path(tmp) / "report.lua"
+        script.write_text(WRK_REPORT)
+        setup = Setup(Path(tmp), sink_port)
+        try:
+            targets = setup.start()
+            names = list(targets)
+            pids = dict(setup.proxy_pids)
+            ours = [p.pid for p in setup.procs] + [sink.pid]
+            ours += [child for pid in ours for child in children(pid)]
+            every_cpu = os.sched_getaffinity(0)
+            if setup.nginx:
+                workers = children(setup.nginx_pid)
+                pids["nginx"] = pids["nginx chain"] = workers
+            for url, _, host in targets.values():  # warm-up
+                wrk(url, host, 16, 2, script)
+            served = 0
+            for round_ in range(args.rounds):
+                for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                    url, hops, host = targets[name]
+                    before = cpu(pids.get(name, []))
+                    load = wrk(url, host, 16, args.seconds, script)
+                    used = cpu(pids.get(name, [])) - before
+                    pin(ours, {0})  # one connection: the cost per hop, without cross-CPU wake-ups
+                    latency = wrk(url, host, 1, args.seconds, script)
+                    pin(ours, every_cpu)
+                    if name.startswith("meshtrace"):
+                        served += (load["requests"] + latency["requests"]) * hops
+                    runs.setdefault(name, []).append(
+                        {
+                            "rps": load["requests"] / load["seconds"],
+                            "p50_c16": load["p50"],
+                            "p99_c16": load["p99"],
+                            "p50_c1": latency["p50"],
+                            "p99_c1": latency["p99"],
+                            "cpu_us_per_req_hop": used / max(1, load["requests"]) / max(1, hops) * 1e6,
+                        }
+                    )
+                    print(f"round {round_ + 1}: {name}: {runs[name][-1]['rps']:.0f} req/s", file=sys.stderr)
+            time.sleep(6)  # the proxies flush at least every 5 s
+            deadline = time.monotonic() + 30
+            sent, dropped = setup.exported()
+            while spans.value < sent and time.monotonic() < deadline:
+                time.sleep(0.2)
+                sent, dropped = setup.exported()
+        finally:
+            setup.stop()
+    sink.terminate()
+    print(json.dumps(report(runs, targets, served, sent, dropped, spans.value, args), indent=2))
+
+
+def report(
+    runs: dict[str, list[dict[str, Any]]],
+    targets: dict[str, tuple[str, int, str | None]],
+    served: int,
+    sent: int,
+    dropped: int,
+    received: int,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    medians = {name: {k: round(statistics.median(r[k] for r in rs), 1) for k in rs[0]} for name, rs in runs.items()}
+    direct = medians["direct"]["p50_c1"]
+    for name, m in medians.items():
+        hops = targets[name][1]
+        if hops:
+            m["added_p50_us_per_hop"] = round((m["p50_c1"] - direct) / hops, 1)
+    out: dict[str, Any] = {
+        "benchmark": "sidecar",
+        "machine": machine(),
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "configs": medians,
+    }
+    reference = "nginx" if "nginx" in medians else None
+    if reference:
+        for ours, theirs in (("meshtrace", "nginx"), ("meshtrace chain", "nginx chain")):
+            out[f"{ours} ÷ {theirs}"] = {
+                "rps": round(medians[ours]["rps"] / medians[theirs]["rps"], 2),
+                "added_p50_per_hop": round(
+                    medians[ours]["added_p50_us_per_hop"] / max(1.0, medians[theirs]["added_p50_us_per_hop"]), 2
+                ),
+            }
+    out["spans"] = {"created_in_measured_runs": served, "exported": sent, "dropped": dropped, "sink_received": received}
+    return out
+
+
+if __name__ == "__main__":
+    main()
