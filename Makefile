@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# Debian packages a benchmark needs, installed when missing (root or sudo).
+APT    := $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y --no-install-recommends
 
 .PHONY: run test lint bench clean
 
@@ -13,7 +15,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/meshtrace serve
+	$(BIN)/meshtrace up
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
@@ -26,6 +28,9 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/query.py
+	$(BIN)/python benchmarks/collector.py
+	@command -v wrk >/dev/null || $(APT) wrk nginx-light
+	$(BIN)/python benchmarks/sidecar.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache meshtrace-data

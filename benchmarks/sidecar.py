@@ -105,9 +105,10 @@ uvloop.run(main())
 class Setup:
     """The processes of one run; all started here and stopped by their own PIDs."""
 
-    def __init__(self, workdir: Path, sink_port: int) -> None:
+    def __init__(self, workdir: Path, sink_port: int, tracing: bool = True) -> None:
         self.dir = workdir
         self.sink_port = sink_port
+        self.tracing = tracing
         self.procs: list[subprocess.Popen[bytes]] = []
         self.nginx = shutil.which("nginx") or next(
             (p for p in ("/usr/sbin/nginx", "/sbin/nginx") if Path(p).exists()), None
@@ -160,7 +161,7 @@ class Setup:
             "port": 4317,
             "endpoints": [f"127.0.0.1:{self.sink_port}"],
         }
-        spec = {"provider": provider, "sampling": 100.0}
+        spec = {"provider": provider, "sampling": 100.0} if self.tracing else None
         fqdn = "echo.default.svc.cluster.local"
         config = {
             "version": 1,
@@ -266,6 +267,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="Length of each wrk run.")
     parser.add_argument("--rounds", type=int, default=3, help="Rounds of every configuration, order rotated.")
+    parser.add_argument("--no-tracing", action="store_true", help="meshtrace's proxies without a tracing provider.")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install wrk (and nginx-light to compare with nginx)")
@@ -278,7 +280,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="meshtrace-sbench-") as tmp:
         script = Path(tmp) / "report.lua"
         script.write_text(WRK_REPORT)
-        setup = Setup(Path(tmp), sink_port)
+        setup = Setup(Path(tmp), sink_port, tracing=not args.no_tracing)
         try:
             targets = setup.start()
             names = list(targets)
@@ -301,7 +303,7 @@ def main() -> None:
                     pin(ours, {0})  # one connection: the cost per hop, without cross-CPU wake-ups
                     latency = wrk(url, host, 1, args.seconds, script)
                     pin(ours, every_cpu)
-                    if name.startswith("meshtrace"):
+                    if name.startswith("meshtrace") and setup.tracing:
                         served += (load["requests"] + latency["requests"]) * hops
                     runs.setdefault(name, []).append(
                         {
@@ -346,6 +348,7 @@ def report(
         "machine": machine(),
         "seconds": args.seconds,
         "rounds": args.rounds,
+        "tracing": not args.no_tracing,
         "configs": medians,
     }
     reference = "nginx" if "nginx" in medians else None
