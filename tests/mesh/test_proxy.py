@@ -376,3 +376,38 @@ def test_failed_exports_are_dropped_counted_and_logged(tmp_path, backend, apps):
         _, stderr = proc.communicate(timeout=15)
     assert b"export of" in stderr
     assert b"failed" in stderr
+
+
+def test_zipkin_provider_propagates_b3_and_posts_zipkin_json(tmp_path, backend, apps):
+    pod = f"127.{BLOCK}.0.7"
+    data = config(backend, 1)
+    zipkin = {
+        "name": "zipkin",
+        "kind": "zipkin",
+        "service": "zipkin.istio-system.svc.cluster.local",
+        "port": 9411,
+        "endpoints": [backend.otlp_http.removeprefix("http://")],
+        "transport": "http",
+        "path": "/api/v2/spans",
+        "headers": [["authentication", TOKENS["acme"]]],
+    }
+    for side in ("client", "server"):
+        data[side] = {"provider": zipkin, "sampling": 100.0}
+    proc = start_proxy(tmp_path / "proxy.json", data, pod)
+    try:
+        trace_id, parent = "463ac35c9f6413ad48485a3953bb6124", "a2fb4a1d1a96d312"
+        b3 = {"x-b3-traceid": trace_id, "x-b3-spanid": parent, "x-b3-sampled": "1"}
+        seen = httpx.get(f"http://{pod}:9080/zipkin", headers=b3, trust_env=False).json()["headers"]
+        assert seen["x-b3-traceid"] == trace_id
+        assert seen["x-b3-parentspanid"] == parent
+        assert seen["x-b3-sampled"] == "1"
+        assert "traceparent" not in seen  # B3 only, unless the provider also asks for W3C
+        span = jaeger_trace(backend, trace_id)["spans"][0]
+        assert span["spanID"] == seen["x-b3-spanid"]
+        assert span["references"][0]["spanID"] == parent
+        assert tags(span)["http.url"] == f"http://{pod}:9080/zipkin"
+        assert tags(span)["span.kind"] == "server"
+        assert tags(span)["upstream_cluster"] == "inbound|9080||"
+    finally:
+        proc.terminate()
+        assert proc.wait(15) == 0
