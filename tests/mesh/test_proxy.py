@@ -147,17 +147,7 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, backend: ServerProcess, apps
     path = tmp_path_factory.mktemp("proxy") / "proxy.json"
     write(path, config(backend, 1))
     log = open(path.with_name("proxy.log"), "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "meshtrace.mesh.proxy", str(path)], stdout=log, stderr=subprocess.STDOUT
-    )
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"http://{POD}:15000/ready", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return proc.poll() is not None
-
-    wait_until(ready, timeout=20)
+    proc = run_proxy(path, POD, log, subprocess.STDOUT)
     assert proc.poll() is None, path.with_name("proxy.log").read_text()
     yield path
     proc.terminate()
@@ -311,9 +301,14 @@ def start_proxy(
     """A second proxy process, for tests that stop it or break its export."""
     data["node"] = {**data["node"], "pod_ip": pod, "id": f"sidecar~{pod}~echo-2.default~default.svc.cluster.local"}
     write(path, data)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "meshtrace.mesh.proxy", str(path)], stdout=subprocess.DEVNULL, stderr=stderr
-    )
+    proc = run_proxy(path, pod, subprocess.DEVNULL, stderr)
+    assert proc.poll() is None
+    return proc
+
+
+def run_proxy(path: Path, pod: str, stdout: Any, stderr: Any) -> subprocess.Popen[bytes]:
+    """``python -m meshtrace.mesh.proxy PATH``, once its admin port answers (or it has exited)."""
+    proc = subprocess.Popen([sys.executable, "-m", "meshtrace.mesh.proxy", str(path)], stdout=stdout, stderr=stderr)
 
     def ready() -> bool:
         try:
@@ -322,7 +317,6 @@ def start_proxy(
             return proc.poll() is not None
 
     wait_until(ready, timeout=20)
-    assert proc.poll() is None
     return proc
 
 

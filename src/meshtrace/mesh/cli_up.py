@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Coroutine
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -83,9 +84,7 @@ def register(app: typer.Typer) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         _logging(log_level, directory / "mesh.log")
         options = Options(mesh_dir=directory, gateway_port=gateway_port, backend=external)
-        code = _run(
-            options, list(zip(files, batches, strict=True)), requests, timeout, ready_file, builtin=not filename
-        )
+        code = _run(_main(options, list(zip(files, batches, strict=True)), requests, timeout, ready_file, not filename))
         raise typer.Exit(code)
 
     @app.command(rich_help_panel="Local mesh")
@@ -134,21 +133,14 @@ def _logging(level: str, path: Path) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-def _run(
-    options: Any,
-    batches: list[tuple[str, list[dict[str, Any]]]],
-    requests: int,
-    within: float,
-    ready_file: str | None,
-    builtin: bool,
-) -> int:
+def _run(main: Coroutine[Any, Any, int]) -> int:
     try:
         import uvloop
 
         runner: Any = uvloop.run
     except ImportError:  # pragma: no cover
         runner = asyncio.run
-    return int(runner(_main(options, batches, requests, within, ready_file, builtin)))
+    return int(runner(main))
 
 
 async def _main(
