@@ -110,6 +110,10 @@ def resource(attributes: Sequence[tuple[str, str]]) -> bytes:
 def export_request(resource_message: bytes, spans: Sequence[bytes]) -> bytes:
     """An ``ExportTraceServiceRequest``: one ``ResourceSpans`` with one ``ScopeSpans`` whose scope is
     empty, as Envoy sends."""
-    scope_spans = b"".join(_field(b"\x12", span) for span in spans)
+    parts: list[bytes] = []
+    for span in spans:
+        size = len(span)
+        parts += (b"\x12", _VARINTS[size] if size < 16384 else varint(size), span)
+    scope_spans = b"".join(parts)
     resource_spans = _field(b"\x0a", resource_message) + _field(b"\x12", scope_spans)
     return _field(b"\x0a", resource_spans)

@@ -446,6 +446,20 @@ def resource_attributes(node: Node, spec: TracingSpec | None) -> list[tuple[str,
     return attributes
 
 
+_ENCODED: dict[tuple[bytes, Any], bytes] = {}
+
+
+def _tag(key_prefix: bytes, value: Any) -> bytes:
+    """An attribute whose value repeats across spans (method, peer, status...), encoded once."""
+    key = (key_prefix, value)
+    encoded = _ENCODED.get(key)
+    if encoded is None:
+        if len(_ENCODED) > 100_000:
+            _ENCODED.clear()
+        encoded = _ENCODED[key] = spanwire.string_attribute(key_prefix, str(value))
+    return encoded
+
+
 def encode_record(record: tuple[Any, ...]) -> bytes:
     """The OTLP ``Span`` of a record from ``SideTracer.finish``: tags in Envoy's order (``setCommonTags``
     last). Runs in the export process, off the request path."""
@@ -456,26 +470,30 @@ def encode_record(record: tuple[Any, ...]) -> bytes:
     if upstream:
         parts = [_STATIC["http.protocol"]]
         if upstream_address:
-            parts += (attr(_KEYS["upstream_address"], upstream_address), attr(_KEYS["peer.address"], upstream_address))
+            parts += (_tag(_KEYS["upstream_address"], upstream_address), _tag(_KEYS["peer.address"], upstream_address))
     else:
         parts = [prefix]
         if request_id:
             parts.append(attr(_KEYS["guid:x-request-id"], request_id))
         parts += (
-            attr(_KEYS["http.url"], url),
-            attr(_KEYS["http.method"], method),
+            _tag(_KEYS["http.url"], url),
+            _tag(_KEYS["http.method"], method),
             _STATIC["downstream_cluster"],
-            attr(_KEYS["user_agent"], user_agent),
+            _tag(_KEYS["user_agent"], user_agent),
             _STATIC["http.protocol"],
-            attr(_KEYS["peer.address"], peer),
+            _tag(_KEYS["peer.address"], peer),
         )
         if client_trace_id:
             parts.append(attr(_KEYS["guid:x-client-trace-id"], client_trace_id))
-        parts += (attr(_KEYS["request_size"], str(request_size)), attr(_KEYS["response_size"], str(response_size)))
-    parts += (_STATIC["component"], cluster, attr(_KEYS["http.status_code"], str(code)))
-    parts.append(attr(_KEYS["response_flags"], flags))
+        parts += (_tag(_KEYS["request_size"], request_size), _tag(_KEYS["response_size"], response_size))
+    parts += (
+        _STATIC["component"],
+        cluster,
+        _tag(_KEYS["http.status_code"], code),
+        _tag(_KEYS["response_flags"], flags),
+    )
     if not upstream and upstream_address:
-        parts.append(attr(_KEYS["upstream_address"], upstream_address))
+        parts.append(_tag(_KEYS["upstream_address"], upstream_address))
     if code == 0 or code >= 500:
         parts.append(_STATIC["error"])
     parts.append(custom)
