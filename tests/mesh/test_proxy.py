@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -405,3 +406,36 @@ def test_zipkin_provider_propagates_b3_and_posts_zipkin_json(tmp_path, backend, 
     finally:
         proc.terminate()
         assert proc.wait(15) == 0
+
+
+def test_a_killed_export_process_is_replaced(tmp_path, backend, apps):
+    pod = f"127.{BLOCK}.0.8"
+    log = open(tmp_path / "proxy.log", "wb")  # noqa: SIM115
+    proc = start_proxy(tmp_path / "proxy.json", config(backend, 1), pod, stderr=log.fileno())
+    try:
+        first = children(proc.pid)
+        trace_ids = [httpx.get(f"http://{pod}:9080/", trust_env=False).json()["headers"]["traceparent"]]
+        os.kill(first[0], signal.SIGKILL)
+        wait_until(lambda: not Path(f"/proc/{first[0]}/stat").exists() or None, timeout=10)
+        time.sleep(1.2)  # a new export process starts at the next flush, at most one per second
+
+        def replaced() -> list[int] | None:
+            httpx.get(f"http://{pod}:9080/", trust_env=False)  # spans before the replacement are dropped
+            now = [pid for pid in children(proc.pid) if pid not in first]
+            return now or None
+
+        wait_until(replaced, timeout=20)
+        for _ in range(5):
+            seen = httpx.get(f"http://{pod}:9080/", trust_env=False).json()
+            trace_ids.append(seen["headers"]["traceparent"])
+        for traceparent in trace_ids[1:]:
+            assert jaeger_trace(backend, traceparent.split("-")[1])["spans"]
+        stats = httpx.get(f"http://{pod}:15000/stats").json()["tracing"]["exporters"]["otel"]
+        assert stats["spans_sent"] >= 5
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        log.close()
+    stderr = (tmp_path / "proxy.log").read_bytes()
+    assert b"the export process of otel exited" in stderr
+    assert b"starting a new export process for otel" in stderr

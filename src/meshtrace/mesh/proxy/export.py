@@ -64,6 +64,14 @@ class Exporter:
         self._writing = False
         self._drained = asyncio.Event()
         self._reading = True
+        self._resource = resource
+        self._earlier: dict[str, int] = {}  # what export processes that are gone had counted
+        self._started = 0.0
+        self._start_child()
+        self._schedule(FLUSH_INTERVAL)
+
+    def _start_child(self) -> None:
+        self._started = time.monotonic()
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "meshtrace.mesh.proxy.export"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
@@ -72,20 +80,22 @@ class Exporter:
         # The file objects own the descriptors (closing those, not the numbers, avoids a double close).
         self._files = (self._proc.stdin, self._proc.stdout)
         self._stdin, self._stdout = self._proc.stdin.fileno(), self._proc.stdout.fileno()
-        self._send_frame(marshal.dumps({"provider": dataclasses.asdict(provider), "resource": resource}))
+        self._child_stats = {}
+        self._stats_tail = b""
+        self._gone = False
+        self._backlog.clear()
+        self._send_frame(marshal.dumps({"provider": dataclasses.asdict(self.provider), "resource": self._resource}))
         os.set_blocking(self._stdin, False)
         os.set_blocking(self._stdout, False)
         self._loop.add_reader(self._stdout, self._read_stats)
-        self._schedule(FLUSH_INTERVAL)
+        self._reading = True
 
     @property
     def stats(self) -> dict[str, int]:
-        child = self._child_stats
+        child, earlier = self._child_stats, self._earlier
         return {
-            "spans_sent": child.get("spans_sent", 0),
-            "spans_dropped": child.get("spans_dropped", 0) + self._dropped,
-            "exports_ok": child.get("exports_ok", 0),
-            "exports_failed": child.get("exports_failed", 0),
+            key: child.get(key, 0) + earlier.get(key, 0) + (self._dropped if key == "spans_dropped" else 0)
+            for key in ("spans_sent", "spans_dropped", "exports_ok", "exports_failed")
         }
 
     @property
@@ -113,6 +123,12 @@ class Exporter:
     def flush(self) -> None:
         self._flush_handle = None
         self._last_flush = time.monotonic()
+        if self._gone and not self._closed and self._last_flush - self._started >= FAILURE_PAUSE:
+            log.info("starting a new export process for %s", self.provider.name)
+            self._start_child()
+        if self._gone and self._buffer:
+            self._dropped += len(self._buffer)
+            self._buffer = []
         if self._buffer and not self._closed:
             batch, self._buffer = self._buffer, []
             if len(self._backlog) > MAX_PIPE_BACKLOG:
@@ -147,15 +163,33 @@ class Exporter:
             self._drained.set()
 
     def _on_child_gone(self) -> None:
+        """The export process died under the proxy: what was on its way is lost (counted as dropped);
+        the next flush starts another."""
+        if self._gone:
+            return
+        self._gone = True
         if self._writing:
             self._loop.remove_writer(self._stdin)
             self._writing = False
+        self._drained.set()
+        self._read_stats()
+        if self._reading:
+            self._loop.remove_reader(self._stdout)
+            self._reading = False
+        for key, value in self._child_stats.items():
+            if key != "last_error":
+                self._earlier[key] = self._earlier.get(key, 0) + int(value)
+        self._child_stats = {}
         if not self._closed:
             log.error("the export process of %s exited (%s)", self.provider.name, self._proc.poll())
         self._backlog.clear()
-        self._closed = True
+        for file in self._files:
+            with contextlib.suppress(OSError):
+                file.close()
 
     def _read_stats(self) -> None:
+        if not self._reading:
+            return
         try:
             data = os.read(self._stdout, 65536)
         except BlockingIOError:
@@ -163,6 +197,8 @@ class Exporter:
         if not data:
             self._loop.remove_reader(self._stdout)
             self._reading = False
+            if not self._closed and not self._gone:
+                self._on_child_gone()
             return
         lines = (self._stats_tail + data).split(b"\n")
         self._stats_tail = lines.pop()
