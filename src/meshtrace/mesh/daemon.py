@@ -26,7 +26,7 @@ from meshtrace.mesh.proxy.config import Node, ProxyConfig
 from meshtrace.mesh.proxy.http1 import Downstream, Pool
 from meshtrace.mesh.proxy.listeners import Holder, OutboundListener, State
 from meshtrace.mesh.proxy.tracer import SideTracer
-from meshtrace.mesh.supervisor import Supervisor
+from meshtrace.mesh.supervisor import Supervisor, die_with_mesh
 
 log = logging.getLogger("meshtrace.mesh")
 STATE_FILE = "mesh.json"
@@ -189,6 +189,7 @@ class Mesh:
             stderr=asyncio.subprocess.STDOUT,
             stdin=asyncio.subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_mesh(),
         )
         output.close()
         deadline = time.monotonic() + 120
@@ -247,6 +248,7 @@ class Mesh:
             "backend_otlp_http": self.backend.otlp_http,
             "token": self.backend.token,
             "mesh_dir": str(self.dir),
+            "backend_pid": self.backend.pid,
         }
 
     def request_stop(self) -> None:

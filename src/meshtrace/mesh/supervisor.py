@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -18,6 +19,31 @@ from collections.abc import Callable
 import httpx
 
 from meshtrace.mesh.pods import Container, Pod
+
+_PR_SET_PDEATHSIG = 1
+_prctl: Callable[..., int] | None
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved now: the child after fork only calls it
+except (OSError, AttributeError):  # pragma: no cover - not Linux
+    _prctl = None
+
+
+def die_with_mesh() -> Callable[[], None] | None:
+    """A ``preexec_fn`` for the mesh's children: SIGTERM when the mesh process dies, however it dies
+    (kill -9 included), so that no pod outlives it. ``None`` where the kernel cannot do it."""
+    if _prctl is None:
+        return None
+    parent = os.getpid()
+
+    prctl = _prctl
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the mesh died between fork and prctl
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
 
 log = logging.getLogger("meshtrace.mesh")
 
@@ -131,6 +157,7 @@ class Supervisor:
                         env=environment,
                         cwd=str(pod.directory),
                         start_new_session=True,
+                        preexec_fn=die_with_mesh(),
                     )
                 except OSError as exc:
                     output.write(f"[meshtrace] cannot start {container.program.argv[0]}: {exc}\n".encode())
