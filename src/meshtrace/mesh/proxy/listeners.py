@@ -145,20 +145,20 @@ def _finished(exchange: Exchange, note: _Note, peer: str) -> Finished:
     headers = exchange.headers
     user_agent = headers.get(b"user-agent")
     client_trace = headers.get(b"x-client-trace-id")
-    return Finished(
-        request_id=note.request_id,
-        url=_url(exchange, note.host, note.path, note.tracer.max_tag_length),
-        method=exchange.method.decode(),
-        user_agent=user_agent.decode("latin-1") if user_agent else "-",
-        peer_address=peer,
-        request_size=len(exchange.body),
-        response_size=exchange.response_bytes,
-        status=exchange.status,
-        flags=exchange.flags,
-        cluster=exchange.cluster,
-        upstream_address=exchange.endpoint,
-        client_trace_id=client_trace.decode("latin-1") if client_trace else "",
-        headers=headers if note.tracer.header_tags else None,
+    return Finished(  # positional: this runs for every sampled span
+        note.request_id,
+        _url(exchange, note.host, note.path, note.tracer.max_tag_length),
+        exchange.method.decode(),
+        user_agent.decode("latin-1") if user_agent else "-",
+        peer,
+        len(exchange.body),
+        exchange.response_bytes,
+        exchange.status,
+        exchange.flags,
+        exchange.cluster,
+        exchange.endpoint,
+        client_trace.decode("latin-1") if client_trace else "",
+        headers if note.tracer.header_tags else None,
     )
 
 
