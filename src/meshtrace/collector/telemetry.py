@@ -18,57 +18,20 @@ class Telemetry:
 
     def __post_init__(self) -> None:
         r = self.registry
-        self.accepted = {
-            s: Counter(
-                f"otelcol_receiver_accepted_{s.item_name}",
-                f"{s.item_name} pushed into the pipeline.",
-                ["receiver", "transport"],
-                registry=r,
-            )
-            for s in Signal
-        }
-        self.refused = {
-            s: Counter(
-                f"otelcol_receiver_refused_{s.item_name}",
-                f"{s.item_name} that could not be pushed.",
-                ["receiver", "transport"],
-                registry=r,
-            )
-            for s in Signal
-        }
+        receiver, exporter = ["receiver", "transport"], ["exporter"]
+        self.accepted = per_signal(r, "otelcol_receiver_accepted", "pushed into the pipeline.", receiver)
+        self.refused = per_signal(r, "otelcol_receiver_refused", "that could not be pushed.", receiver)
         self.refused_requests = Counter(
             "otelcol_receiver_refused_requests",
             "Requests refused before decoding (the pipeline was refusing).",
-            ["receiver", "transport"],
+            receiver,
             registry=r,
         )
-        self.sent = {
-            s: Counter(
-                f"otelcol_exporter_sent_{s.item_name}",
-                f"{s.item_name} sent to the destination.",
-                ["exporter"],
-                registry=r,
-            )
-            for s in Signal
-        }
-        self.send_failed = {
-            s: Counter(
-                f"otelcol_exporter_send_failed_{s.item_name}",
-                f"{s.item_name} the exporter gave up on.",
-                ["exporter"],
-                registry=r,
-            )
-            for s in Signal
-        }
-        self.enqueue_failed = {
-            s: Counter(
-                f"otelcol_exporter_enqueue_failed_{s.item_name}",
-                f"{s.item_name} refused because the sending queue was full.",
-                ["exporter"],
-                registry=r,
-            )
-            for s in Signal
-        }
+        self.sent = per_signal(r, "otelcol_exporter_sent", "sent to the destination.", exporter)
+        self.send_failed = per_signal(r, "otelcol_exporter_send_failed", "the exporter gave up on.", exporter)
+        self.enqueue_failed = per_signal(
+            r, "otelcol_exporter_enqueue_failed", "refused because the sending queue was full.", ["exporter"]
+        )
         self.queue_size = Gauge(
             "otelcol_exporter_queue_size", "Requests in the sending queue.", ["exporter", "data_type"], registry=r
         )
@@ -90,6 +53,11 @@ class Telemetry:
         Gauge(
             "otelcol_process_memory_rss", "Resident memory of the collector process, bytes.", registry=r
         ).set_function(rss_bytes)
+
+
+def per_signal(registry: CollectorRegistry, prefix: str, what: str, labels: list[str]) -> dict[Signal, Counter]:
+    """One counter per signal, named as the Collector names them (``<prefix>_spans``, ...)."""
+    return {s: Counter(f"{prefix}_{s.item_name}", f"{s.item_name} {what}", labels, registry=registry) for s in Signal}
 
 
 def rss_bytes() -> int:

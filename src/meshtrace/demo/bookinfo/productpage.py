@@ -149,6 +149,11 @@ def app() -> Starlette:
     async def products(request: Request) -> JSONResponse:
         return JSONResponse(PRODUCTS)
 
+    def _or_unavailable(data: Any, what: str) -> JSONResponse:
+        if data is None:
+            return JSONResponse({"error": f"Sorry, product {what} are currently unavailable"}, status_code=503)
+        return JSONResponse(data)
+
     def product_id(request: Request) -> int | None:
         raw = request.path_params["id"]
         return int(raw) if raw.isdigit() else None
@@ -156,27 +161,18 @@ def app() -> Starlette:
     async def product(request: Request) -> JSONResponse:
         pid = product_id(request)
         data = await fetch_details(request, pid) if pid is not None else None
-        return JSONResponse(
-            data if data is not None else {"error": "Sorry, product details are currently unavailable"},
-            status_code=200 if data is not None else 503,
-        )
+        return _or_unavailable(data, "details")
 
     async def product_reviews(request: Request) -> JSONResponse:
         pid = product_id(request)
         data = await fetch_reviews(request, pid) if pid is not None else None
-        return JSONResponse(
-            data if data is not None else {"error": "Sorry, product reviews are currently unavailable"},
-            status_code=200 if data is not None else 503,
-        )
+        return _or_unavailable(data, "reviews")
 
     async def product_ratings(request: Request) -> JSONResponse:
         pid = product_id(request)
         headers = forward_headers(request, _user(request))
         data = await get_json(http, f"{ratings_url}/ratings/{pid}", headers, 3.0) if pid is not None else None
-        return JSONResponse(
-            data if data is not None else {"error": "Sorry, product ratings are currently unavailable"},
-            status_code=200 if data is not None else 503,
-        )
+        return _or_unavailable(data, "ratings")
 
     return Starlette(
         routes=[
