@@ -127,6 +127,14 @@ def serve(
     flush_interval: Annotated[
         str, typer.Option(help="Longest wait before an insert.", envvar="MESHTRACE_FLUSH_INTERVAL")
     ] = "200ms",
+    graph_wait: Annotated[
+        str,
+        typer.Option(
+            help="How long the service graph waits for the other half of a call (the CLIENT or SERVER span "
+            "from the other proxy) before counting it against a virtual node.",
+            envvar="MESHTRACE_GRAPH_WAIT",
+        ),
+    ] = "10s",
     flush_spans: Annotated[
         int, typer.Option(help="Insert once this many spans wait.", envvar="MESHTRACE_FLUSH_SPANS")
     ] = 10_000,
@@ -171,6 +179,7 @@ def serve(
         "wal": wal,
         "wal_fsync": wal_fsync,
         "flush_interval": flush_interval,
+        "graph_wait": graph_wait,
         "flush_spans": flush_spans,
         "max_pending": max_pending,
         "writers": writers,

@@ -28,6 +28,7 @@ FIXES = {
     "max_body": "give a size such as 16MiB or 4000000",
     "max_pending": "give a size such as 256MiB",
     "flush_interval": "give a duration such as 200ms",
+    "graph_wait": "give a duration such as 10s",
     "tokens": "map each tenant to a token or a list of tokens, e.g. {acme: s3cret}",
     "store": "use clickhouse://host:8123/database, or leave it unset for the embedded engine",
 }
@@ -51,6 +52,7 @@ class ServeConfig(BaseModel):
     wal: bool = True
     wal_fsync: bool = True
     flush_interval: str = "200ms"
+    graph_wait: str = "10s"
     flush_spans: int = Field(default=10_000, ge=1, le=1_000_000)
     max_pending: str = "256MiB"
     writers: int = Field(default=2, ge=1, le=16)
@@ -62,7 +64,7 @@ class ServeConfig(BaseModel):
         parse_address(value)
         return value
 
-    @field_validator("retention", "flush_interval")
+    @field_validator("retention", "flush_interval", "graph_wait")
     @classmethod
     def _duration(cls, value: str) -> str:
         try:
@@ -118,6 +120,7 @@ class ServeConfig(BaseModel):
             flush_spans=self.flush_spans,
             max_pending_bytes=parse_size(self.max_pending),
             inserters=self.writers,
+            graph_wait_ms=parse_duration_ns(self.graph_wait) // 1_000_000,
         )
 
 

@@ -135,7 +135,7 @@ class Backend:
             ) from exc
         await grpc_server.start()
 
-        query_app = create_app(QueryService(store.reader), self.auth, self.metrics, self.readiness)
+        query_app = create_app(QueryService(store.reader, store.analytics), self.auth, self.metrics, self.readiness)
         otlp_app = OtlpHttpApp(ingest, self.auth, config.max_body_bytes).app
         for app, sock in ((otlp_app, socks["otlp_http"]), (query_app, socks["http"])):
             self._servers.append(await serve_http(app, sock))

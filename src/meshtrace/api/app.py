@@ -9,13 +9,14 @@ from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from meshtrace import __version__
-from meshtrace.errors import MeshtraceError
+from meshtrace.errors import MeshtraceError, Unauthenticated
 from meshtrace.ingest.auth import TokenAuth
 from meshtrace.metrics import Metrics
 from meshtrace.query.service import QueryService
 
-from . import jaeger, native
+from . import analytics, jaeger, native, spm
 from .common import JSONResponse, error_response
+from .prom import TempoSeries
 
 
 def create_app(query: QueryService, auth: TokenAuth, metrics: Metrics, readiness: Callable[[], list[str]]) -> FastAPI:
@@ -29,8 +30,10 @@ def create_app(query: QueryService, auth: TokenAuth, metrics: Metrics, readiness
     )
     app.state.query = query
     app.state.auth = auth
+    app.include_router(spm.router)
     app.include_router(jaeger.router)
     app.include_router(native.router)
+    app.include_router(analytics.router)
 
     @app.exception_handler(MeshtraceError)
     async def meshtrace_error(request: Request, exc: MeshtraceError) -> Response:
@@ -46,7 +49,23 @@ def create_app(query: QueryService, auth: TokenAuth, metrics: Metrics, readiness
         return JSONResponse({"ready": not problems, "problems": problems}, status_code=503 if problems else 200)
 
     @app.get("/metrics", tags=["operations"])
-    async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    async def prometheus(request: Request) -> Response:
+        body = generate_latest(metrics.registry)
+        tenant = _scrape_tenant(auth, request)
+        if tenant is not None and query.analytics is not None:
+            edges = await query.run(query.analytics.graph_totals, tenant)
+            operations = await query.run(query.analytics.span_metric_totals, tenant)
+            body += generate_latest(TempoSeries(edges, operations))
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _scrape_tenant(auth: TokenAuth, request: Request) -> str | None:
+    """Whose trace-derived series a scrape gets: its token's tenant, everyone's ``default`` without auth."""
+    if not auth.enabled:
+        return auth.tenant_for_token(None)
+    try:
+        return auth.tenant_for(request.headers.get)
+    except Unauthenticated:
+        return None

@@ -84,7 +84,7 @@ def trace_summary(trace: Trace) -> dict[str, Any]:
     }
 
 
-def _time(start: str | None, end: str | None, lookback: str | None) -> TimeRange:
+def time_window(start: str | None, end: str | None, lookback: str | None) -> TimeRange:
     end_ns = parse_time_ns(end, name="end", unit_ns=1) if end else None
     time = window(end_ns, parse_duration_ns(lookback or "1h", name="lookback"))
     if start:
@@ -141,7 +141,7 @@ async def search(
     traces = await _query(request).find_traces(
         TraceQuery(
             tenant=tenant,
-            time=_time(start, end, lookback),
+            time=time_window(start, end, lookback),
             service=service or None,
             operation=operation or None,
             span_kind=parse_kind(kind) if kind else None,
@@ -163,7 +163,7 @@ async def dependencies(
     end: str | None = None,
     lookback: str | None = None,
 ) -> JSONResponse:
-    links = await _query(request).get_dependencies(tenant, _time(start, end, lookback))
+    links = await _query(request).get_dependencies(tenant, time_window(start, end, lookback))
     return JSONResponse({"links": [{"parent": d.parent, "child": d.child, "callCount": d.call_count} for d in links]})
 
 
@@ -171,6 +171,6 @@ async def dependencies(
 async def stats(
     request: Request, tenant: Tenant, start: str | None = None, end: str | None = None, lookback: str | None = None
 ) -> JSONResponse:
-    time = _time(start, end, lookback) if (start or end or lookback) else None
+    time = time_window(start, end, lookback) if (start or end or lookback) else None
     spans, traces, distinct = await _query(request).count(tenant, time)
     return JSONResponse({"tenant": tenant, "spans": spans, "traces": traces, "distinctSpans": distinct})

@@ -13,14 +13,20 @@ from typing import TypeVar
 from meshtrace.errors import TraceNotFound
 from meshtrace.model.spans import DependencyLink, Operation, SpanKind, Trace
 from meshtrace.query.adjusters import adjust
+from meshtrace.store.analytics import AnalyticsReader
 from meshtrace.store.api import TimeRange, TraceQuery, TraceReader
 
 T = TypeVar("T")
 
 
 class QueryService:
-    def __init__(self, reader: TraceReader) -> None:
+    def __init__(self, reader: TraceReader, analytics: AnalyticsReader | None = None) -> None:
         self.reader = reader
+        self.analytics = analytics
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        """Run a blocking store call in a worker thread."""
+        return await asyncio.to_thread(fn, *args)
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.to_thread(fn, *args)

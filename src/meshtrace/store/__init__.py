@@ -12,8 +12,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from meshtrace.store.analytics import AnalyticsReader
 from meshtrace.store.api import SpanBatch, SpanWriter, TimeRange, TraceQuery, TraceReader, TraceSummary
 from meshtrace.store.engine import ChdbEngine, Engine, ServerEngine, parse_server_url
+from meshtrace.store.graph import ServiceGraphBuilder
 from meshtrace.store.reader import ClickHouseReader
 from meshtrace.store.schema import Schema
 from meshtrace.store.wal import Record, Recovery, WriteAheadLog
@@ -47,6 +49,7 @@ class StoreOptions:
     flush_spans: int = 10_000
     max_pending_bytes: int = 256 << 20
     inserters: int = 1
+    graph_wait_ms: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +67,8 @@ class Store:
         self.schema = schema
         self.writer = writer
         self.reader = ClickHouseReader(engine, schema)
+        self.graph = ServiceGraphBuilder(engine, schema)
+        self.analytics = AnalyticsReader(engine, schema)
         self._owns_engine = owns_engine
 
     @classmethod
@@ -107,12 +112,17 @@ class Store:
             inserters=options.inserters,
             on_commit=on_commit,
         )
-        return cls(engine, schema, writer, owns_engine=owns_engine)
+        store = cls(engine, schema, writer, owns_engine=owns_engine)
+        store.graph.wait_ms = options.graph_wait_ms
+        return store
 
     async def start(self) -> Recovery:
-        return await self.writer.start()
+        recovery = await self.writer.start()
+        self.graph.start()
+        return recovery
 
     async def close(self) -> None:
+        self.graph.stop()
         await self.writer.close()
         if self._owns_engine:
             self.engine.close()

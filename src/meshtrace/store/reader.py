@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from meshtrace.model.spans import DependencyLink, Event, Link, Operation, Span, SpanKind, StatusCode, Trace
+from meshtrace.store.analytics import AnalyticsReader
 from meshtrace.store.api import TimeRange, TraceQuery, TraceSummary
 from meshtrace.store.engine import Engine
 from meshtrace.store.schema import HOT_ATTRIBUTES, REQUEST_ID, Schema
@@ -250,22 +251,10 @@ class ClickHouseReader:
         return [Operation(name, _kind(kind)) for name, kind in rows]
 
     def get_dependencies(self, tenant: str, time: TimeRange) -> list[DependencyLink]:
-        where = Conditions(tenant)
-        where.time(time)
-        rows = self.engine.query(
-            f"""SELECT parent.ServiceName AS p, child.ServiceName AS c, count() AS calls
-            FROM (SELECT TraceId, SpanId, ServiceName FROM {self.schema.traces} WHERE {where.sql}) AS parent
-            INNER JOIN (
-                SELECT TraceId, ParentSpanId, ServiceName FROM {self.schema.traces}
-                WHERE {where.sql} AND ParentSpanId != ''
-            ) AS child
-            ON child.TraceId = parent.TraceId AND child.ParentSpanId = parent.SpanId
-            WHERE p != c
-            GROUP BY p, c
-            ORDER BY p, c""",
-            where.params,
-        )
-        return [DependencyLink(p, c, int(n)) for p, c, n in rows]
+        """From the ingest-time service graph (see ``meshtrace.store.graph``), not a join of spans."""
+        return [
+            DependencyLink(p, c, n) for p, c, n in AnalyticsReader(self.engine, self.schema).dependencies(tenant, time)
+        ]
 
     def count(self, tenant: str, time: TimeRange | None = None) -> tuple[int, int, int]:
         where = Conditions(tenant)

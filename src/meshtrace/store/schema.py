@@ -40,6 +40,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 
+from meshtrace.store import analytics_schema
+
 WIRE_MESSAGE = "Row"
 SCHEMA_VERSION = 1
 
@@ -140,7 +142,23 @@ class Schema:
     def otlp_in(self) -> str:
         return f"`{self.database}`.meshtrace_otlp_in"
 
-    def _table_settings(self, granularity: int = 8192) -> str:
+    @property
+    def span_metrics(self) -> str:
+        return f"`{self.database}`.meshtrace_span_metrics"
+
+    @property
+    def edge_halves(self) -> str:
+        return f"`{self.database}`.meshtrace_edge_halves"
+
+    @property
+    def service_graph(self) -> str:
+        return f"`{self.database}`.meshtrace_service_graph"
+
+    @property
+    def graph_progress(self) -> str:
+        return f"`{self.database}`.meshtrace_graph_progress"
+
+    def table_settings(self, granularity: int = 8192) -> str:
         # Deduplication makes a replayed write-ahead-log batch a no-op (the token is the batch id).
         settings = [
             f"index_granularity = {granularity}",
@@ -199,7 +217,7 @@ class Schema:
 PARTITION BY toDate(Timestamp)
 ORDER BY (Tenant, toStartOfTenMinutes(Timestamp), TraceId)
 {self.ttl("Timestamp")}
-SETTINGS {self._table_settings(granularity=1024)},
+SETTINGS {self.table_settings(granularity=1024)},
     min_bytes_for_wide_part = 1000000000000, min_rows_for_wide_part = 1000000000""",
             f"""CREATE TABLE IF NOT EXISTS {self.trace_id_ts} (
     TraceId String CODEC(ZSTD(1)),
@@ -210,7 +228,7 @@ SETTINGS {self._table_settings(granularity=1024)},
 PARTITION BY toDate(Start)
 ORDER BY (TraceId, Start)
 {self.ttl("Start")}
-SETTINGS {self._table_settings(granularity=1024)}""",
+SETTINGS {self.table_settings(granularity=1024)}""",
             f"""CREATE MATERIALIZED VIEW IF NOT EXISTS `{self.database}`.otel_traces_trace_id_ts_mv
 TO {self.trace_id_ts}
 AS SELECT
@@ -235,7 +253,7 @@ GROUP BY TraceId""",
 PARTITION BY toDate(Timestamp)
 ORDER BY (Tenant, ServiceName, SpanName, toDateTime(Timestamp))
 {self.ttl("Timestamp")}
-SETTINGS {self._table_settings()}""",
+SETTINGS {self.table_settings()}""",
             f"""CREATE MATERIALIZED VIEW IF NOT EXISTS `{self.database}`.meshtrace_span_index_mv
 TO {self.span_index}
 AS SELECT
@@ -265,7 +283,7 @@ GROUP BY Tenant, ServiceName, SpanName, SpanKind""",
 PARTITION BY toDate(Start)
 ORDER BY (Tenant, RequestId)
 {self.ttl("Start")}
-SETTINGS {self._table_settings(granularity=1024)}""",
+SETTINGS {self.table_settings(granularity=1024)}""",
             f"""CREATE MATERIALIZED VIEW IF NOT EXISTS `{self.database}`.meshtrace_request_ids_mv
 TO {self.request_ids}
 AS SELECT Tenant, SpanAttributes['{REQUEST_ID}'] AS RequestId, TraceId, min(toDateTime(Timestamp)) AS Start
@@ -323,6 +341,7 @@ ARRAY JOIN resource_spans AS rs
 ARRAY JOIN rs.scope_spans AS ss
 ARRAY JOIN ss.spans AS s
 WHERE length(s.trace_id) = 16 AND length(s.span_id) = 8""",
+            *analytics_schema.statements(self),
         ]
 
     def retention_statements(self) -> list[str]:
@@ -333,4 +352,5 @@ WHERE length(s.trace_id) = 16 AND length(s.span_id) = 8""",
             f"ALTER TABLE {self.span_index} MODIFY {self.ttl('Timestamp')}",
             f"ALTER TABLE {self.operations} MODIFY TTL LastSeen + toIntervalSecond({self.retention_s})",
             f"ALTER TABLE {self.request_ids} MODIFY {self.ttl('Start')}",
+            *analytics_schema.retention_statements(self),
         ]

@@ -158,18 +158,70 @@ def reference_spans(request: ExportTraceServiceRequest) -> list[Span]:
     return sort_spans(Trace(spans[0].trace_id, spans)).spans
 
 
-def reference_dependencies(fixtures: list[Fixture]) -> list[DependencyLink]:
-    """Jaeger's rule: a span whose parent is in another service is one call parent → child."""
-    counts: dict[tuple[str, str], int] = {}
+def _peer(span: Span) -> str:
+    """Where a CLIENT span went, by Istio's ``outbound|port|subset|host`` (FQDN → name.namespace)."""
+    cluster = span.attributes.get("upstream_cluster", "")
+    parts = cluster.split("|")
+    if cluster.startswith("outbound|") and len(parts) == 4 and parts[3]:
+        host = parts[3]
+        return ".".join(host.split(".")[:2]) if ".svc." in host else host
+    return cluster or span.attributes.get("peer.service", "") or "unknown"
+
+
+EdgeKey = tuple[str, str, str, str, str, str]
+
+
+def reference_edges(fixtures: list[Fixture]) -> dict[EdgeKey, list[int]]:
+    """The service graph by its definition, span by span: (client, server, client version, server
+    version, connection type, response flags) → [calls, failed]."""
+    edges: dict[EdgeKey, list[int]] = {}
+
+    def add(key: EdgeKey, failed: bool) -> None:
+        counts = edges.setdefault(key, [0, 0])
+        counts[0] += 1
+        counts[1] += failed
+
     for fixture in fixtures:
         spans = reference_spans(fixture.request)
-        by_id = {s.span_id: s for s in spans}
-        for span in spans:
-            parent = by_id.get(span.parent_span_id)
-            if parent is not None and parent.service != span.service:
-                key = (parent.service, span.service)
-                counts[key] = counts.get(key, 0) + 1
+        version = {s.span_id: s.attributes.get("istio.canonical_revision", "") for s in spans}
+        flags = {s.span_id: s.attributes.get("response_flags", "").strip("-") for s in spans}
+        clients = {s.span_id: s for s in spans if s.kind is SpanKind.CLIENT}
+        servers = [s for s in spans if s.kind is SpanKind.SERVER]
+        served = {s.parent_span_id: s for s in servers if s.parent_span_id}
+        for c in clients.values():
+            s = served.get(c.span_id)
+            if s is not None:
+                add(
+                    (c.service, s.service, version[c.span_id], version[s.span_id], "", flags[c.span_id]),
+                    c.is_error or s.is_error,
+                )
+            else:
+                add((c.service, _peer(c), version[c.span_id], "", "virtual_node", flags[c.span_id]), c.is_error)
+        for s in servers:
+            if s.parent_span_id and s.parent_span_id not in clients:
+                add(("unknown", s.service, "", version[s.span_id], "virtual_node", flags[s.span_id]), s.is_error)
+        for span in [*clients.values(), *servers]:
+            if not span.parent_span_id:
+                add(
+                    ("user", span.service, "", version[span.span_id], "virtual_node", flags[span.span_id]),
+                    span.is_error,
+                )
+    return edges
+
+
+def reference_dependencies(fixtures: list[Fixture]) -> list[DependencyLink]:
+    """Jaeger's dependencies from the service graph: calls between services, virtual callers left out."""
+    counts: dict[tuple[str, str], int] = {}
+    for (client, server, *_), (calls, _) in reference_edges(fixtures).items():
+        if client not in ("user", "unknown") and client != server:
+            counts[(client, server)] = counts.get((client, server), 0) + calls
     return [DependencyLink(p, c, n) for (p, c), n in sorted(counts.items())]
+
+
+def settle_graph(store: Store) -> None:
+    """Resolve every edge half written so far (see ``ServiceGraphBuilder.advance``)."""
+    graph = store.graph
+    graph.advance(graph.now_ms() + graph.lag_ms + graph.wait_ms + 2 * graph.step_ms)
 
 
 # -- the suite -------------------------------------------------------------------------------------
@@ -194,6 +246,7 @@ class StoreContract:
             await store.writer.sync()
 
         asyncio.run(write_all())
+        settle_graph(store)
         return fixtures
 
     @pytest.fixture(scope="class")
@@ -264,6 +317,39 @@ class StoreContract:
     def test_dependencies(self, store: Store, loaded: dict[str, Fixture], window: TimeRange) -> None:
         assert store.reader.get_dependencies(TENANT, window) == reference_dependencies(list(loaded.values()))
 
+    # analytics computed at ingest
+
+    def test_service_graph_edges(self, store: Store, loaded: dict[str, Fixture], window: TimeRange) -> None:
+        edges = store.analytics.edges(TENANT, window)
+        got = {
+            (e.client, e.server, e.client_version, e.server_version, e.connection_type, e.flags): [e.calls, e.failed]
+            for e in edges
+        }
+        assert got == reference_edges(list(loaded.values()))
+        for e in edges:
+            assert e.client_histogram.total == e.calls
+            assert e.server_histogram.total == (
+                0 if e.connection_type and e.client != "user" and e.client != "unknown" else e.calls
+            )
+        shared = [f for f in loaded.values() if f.name in SHARED]
+        other = store.analytics.edges(OTHER_TENANT, window)
+        assert sum(e.calls for e in other) == sum(n for n, _ in reference_edges(shared).values())
+        assert store.analytics.edges("nobody", window) == []
+
+    def test_span_metrics(self, store: Store, loaded: dict[str, Fixture], window: TimeRange) -> None:
+        spans = [s for f in loaded.values() for s in reference_spans(f.request)]
+        expected: dict[tuple[str, str, str], list[int]] = {}
+        for s in spans:
+            counts = expected.setdefault((s.service, s.name, s.kind.value), [0, 0, 0])
+            counts[0] += 1
+            counts[1] += s.is_error
+            counts[2] += s.duration_ns
+        got = {
+            (o.service, o.operation, o.kind): [o.calls, o.errors, o.nanos]
+            for o in store.analytics.operations(TENANT, window)
+        }
+        assert got == expected
+
     # searches
 
     def test_queries(self, store: Store, loaded: dict[str, Fixture], window: TimeRange) -> None:
@@ -290,4 +376,13 @@ class StoreContract:
             assert ids == expected, case["name"]
 
 
-__all__ = ["FIXTURE_EPOCH_NS", "Fixture", "StoreContract", "any_value_text", "load_fixtures", "reference_spans"]
+__all__ = [
+    "FIXTURE_EPOCH_NS",
+    "Fixture",
+    "StoreContract",
+    "any_value_text",
+    "load_fixtures",
+    "reference_edges",
+    "reference_spans",
+    "settle_graph",
+]

@@ -1,0 +1,164 @@
+"""Tables computed at ingest time for the service graph and RED health, so those answers read a few
+thousand per-minute rows instead of joining millions of spans.
+
+- ``meshtrace_span_metrics``: per (tenant, service, span name, kind, minute) the calls, errors, summed
+  duration and a latency histogram; fed by a materialized view on ``otel_traces``.
+- ``meshtrace_edge_halves``: every CLIENT and SERVER span reduced to what an edge needs, stamped with
+  the time it was inserted (not the span's time: pairing follows arrival, the way a collector's service
+  graph processor does). Short-lived.
+- ``meshtrace_service_graph``: per (tenant, minute, client, server, versions, connection type, response
+  flags) the calls, failures and client/server latency histograms; written by ``ServiceGraphBuilder``
+  from the halves: CLIENT spans paired with the SERVER span under them, CLIENT spans left alone (an
+  uninstrumented or unreachable destination, named from Istio's ``upstream_cluster`` or the OTel peer
+  attributes) and roots (an entry from the virtual ``user`` node).
+- ``meshtrace_graph_progress``: how far the builder got (its watermark), so restarts neither skip nor
+  repeat a window.
+
+Histograms are sparse maps bucket → count on a log scale of 8 buckets per doubling, anchored at 1 ms:
+bucket ``i`` holds durations in [2^(i/8), 2^((i+1)/8)) ms. Any quantile comes out within ±4.5%; every
+power of two of milliseconds is a bucket boundary, which the Prometheus ``le`` series use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from meshtrace.store.schema import Schema
+
+BUCKETS_PER_DOUBLING = 8
+HISTOGRAM = "SimpleAggregateFunction(sumMap, Tuple(Array(Int16), Array(UInt64)))"
+USER = "user"  # the virtual node entries come from (Tempo's name for it)
+UNKNOWN = "unknown"  # the virtual node of a SERVER span whose caller sent no CLIENT span
+VIRTUAL = "virtual_node"  # Tempo's connection_type for edges with an uninstrumented side
+HALVES_TTL_S = 6 * 3600
+
+_CLIENT_KINDS = "('Client', 'SPAN_KIND_CLIENT')"
+_SERVER_KINDS = "('Server', 'SPAN_KIND_SERVER')"
+_ERROR = "StatusCode IN ('Error', 'STATUS_CODE_ERROR')"
+
+
+def bucket_of(duration_ns: str) -> str:
+    """SQL: the histogram bucket of a duration in nanoseconds."""
+    return f"toInt16(floor({BUCKETS_PER_DOUBLING} * log2(greatest({duration_ns}, 1) / 1e6)))"
+
+
+def _peer() -> str:
+    """SQL: where a CLIENT span went. Istio's ``outbound|port|subset|host`` names the host (a Kubernetes
+    FQDN becomes ``name.namespace``, the mesh's service naming); otherwise the OTel peer attributes."""
+    cluster = "SpanAttributes['upstream_cluster']"
+    host = f"splitByChar('|', {cluster})[4]"
+    return f"""multiIf(
+        startsWith({cluster}, 'outbound|') AND position({host}, '.svc.') > 0,
+            arrayStringConcat(arraySlice(splitByChar('.', {host}), 1, 2), '.'),
+        startsWith({cluster}, 'outbound|') AND {host} != '', {host},
+        {cluster} != '', {cluster},
+        SpanAttributes['peer.service'] != '', SpanAttributes['peer.service'],
+        SpanAttributes['server.address'] != '', SpanAttributes['server.address'],
+        SpanAttributes['net.peer.name'] != '', SpanAttributes['net.peer.name'],
+        SpanAttributes['db.system'] != '', SpanAttributes['db.system'],
+        '')"""
+
+
+def statements(schema: Schema) -> list[str]:
+    db = f"`{schema.database}`"
+    return [
+        f"""CREATE TABLE IF NOT EXISTS {schema.span_metrics} (
+    Tenant LowCardinality(String),
+    ServiceName LowCardinality(String),
+    Minute DateTime CODEC(Delta, ZSTD(1)),
+    SpanName LowCardinality(String),
+    SpanKind LowCardinality(String),
+    Calls SimpleAggregateFunction(sum, UInt64),
+    Errors SimpleAggregateFunction(sum, UInt64),
+    Nanos SimpleAggregateFunction(sum, UInt64),
+    Histogram {HISTOGRAM}
+) ENGINE = AggregatingMergeTree
+PARTITION BY toDate(Minute)
+ORDER BY (Tenant, ServiceName, Minute, SpanName, SpanKind)
+{schema.ttl("Minute")}
+SETTINGS {schema.table_settings()}""",
+        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.meshtrace_span_metrics_mv
+TO {schema.span_metrics}
+AS SELECT
+    Tenant, ServiceName, toStartOfMinute(Timestamp) AS Minute, SpanName,
+    multiIf(SpanKind LIKE '%Server' OR SpanKind = 'SPAN_KIND_SERVER', 'Server',
+            SpanKind LIKE '%Client' OR SpanKind = 'SPAN_KIND_CLIENT', 'Client',
+            SpanKind = 'SPAN_KIND_INTERNAL', 'Internal',
+            SpanKind = 'SPAN_KIND_PRODUCER', 'Producer',
+            SpanKind = 'SPAN_KIND_CONSUMER', 'Consumer',
+            SpanKind = 'SPAN_KIND_UNSPECIFIED', 'Unspecified', SpanKind) AS SpanKind,
+    count() AS Calls,
+    countIf({_ERROR}) AS Errors,
+    sum(Duration) AS Nanos,
+    sumMap([{bucket_of("Duration")}], [toUInt64(1)]) AS Histogram
+FROM {schema.traces}
+GROUP BY Tenant, ServiceName, Minute, SpanName, SpanKind""",
+        f"""CREATE TABLE IF NOT EXISTS {schema.edge_halves} (
+    InsertedAt DateTime64(3) CODEC(Delta, ZSTD(1)),
+    Tenant LowCardinality(String),
+    IsClient Bool,
+    TraceId String CODEC(ZSTD(1)),
+    SpanId String CODEC(ZSTD(1)),
+    ParentSpanId String CODEC(ZSTD(1)),
+    Service LowCardinality(String),
+    Version LowCardinality(String),
+    Peer LowCardinality(String),
+    Flags LowCardinality(String),
+    Start DateTime CODEC(Delta, ZSTD(1)),
+    Duration UInt64 CODEC(ZSTD(1)),
+    Failed Bool
+) ENGINE = MergeTree
+PARTITION BY toStartOfHour(InsertedAt)
+ORDER BY InsertedAt
+TTL toDateTime(InsertedAt) + toIntervalSecond({HALVES_TTL_S})
+SETTINGS {schema.table_settings()}""",
+        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.meshtrace_edge_halves_mv
+TO {schema.edge_halves}
+AS SELECT
+    now64(3) AS InsertedAt,
+    Tenant,
+    SpanKind IN {_CLIENT_KINDS} AS IsClient,
+    TraceId, SpanId, ParentSpanId,
+    ServiceName AS Service,
+    SpanAttributes['istio.canonical_revision'] AS Version,
+    if(IsClient, {_peer()}, '') AS Peer,
+    if(SpanAttributes['response_flags'] IN ('', '-'), '', SpanAttributes['response_flags']) AS Flags,
+    toDateTime(Timestamp) AS Start,
+    Duration,
+    {_ERROR} AS Failed
+FROM {schema.traces}
+WHERE SpanKind IN {_CLIENT_KINDS} OR SpanKind IN {_SERVER_KINDS}""",
+        f"""CREATE TABLE IF NOT EXISTS {schema.service_graph} (
+    Tenant LowCardinality(String),
+    Minute DateTime CODEC(Delta, ZSTD(1)),
+    Client LowCardinality(String),
+    Server LowCardinality(String),
+    ClientVersion LowCardinality(String),
+    ServerVersion LowCardinality(String),
+    ConnectionType LowCardinality(String),
+    Flags LowCardinality(String),
+    Calls SimpleAggregateFunction(sum, UInt64),
+    Failed SimpleAggregateFunction(sum, UInt64),
+    ClientNanos SimpleAggregateFunction(sum, UInt64),
+    ServerNanos SimpleAggregateFunction(sum, UInt64),
+    ClientHistogram {HISTOGRAM},
+    ServerHistogram {HISTOGRAM}
+) ENGINE = AggregatingMergeTree
+PARTITION BY toDate(Minute)
+ORDER BY (Tenant, Minute, Client, Server, ClientVersion, ServerVersion, ConnectionType, Flags)
+{schema.ttl("Minute")}
+SETTINGS {schema.table_settings()}""",
+        f"""CREATE TABLE IF NOT EXISTS {schema.graph_progress} (
+    Id UInt8,
+    Watermark DateTime64(3)
+) ENGINE = ReplacingMergeTree(Watermark)
+ORDER BY Id""",
+    ]
+
+
+def retention_statements(schema: Schema) -> list[str]:
+    return [
+        f"ALTER TABLE {schema.span_metrics} MODIFY {schema.ttl('Minute')}",
+        f"ALTER TABLE {schema.service_graph} MODIFY {schema.ttl('Minute')}",
+    ]
