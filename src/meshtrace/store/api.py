@@ -24,9 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from meshtrace.model.spans import DependencyLink, Operation, SpanKind, StatusCode, Trace
+
+if TYPE_CHECKING:
+    from meshtrace.store.traceql_sql import Plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +98,16 @@ class TraceReader(Protocol):
 
     def find_traces(self, query: TraceQuery) -> list[Trace]:
         """``find_trace_ids`` with every span of every trace loaded, in the same order."""
+        ...
+
+    def get_trace_batch(self, tenant: str, trace_ids: list[str]) -> list[Trace]:
+        """Several traces by id, in the order given; ids not found are left out."""
+        ...
+
+    def traceql_candidates(
+        self, tenant: str, time: TimeRange, planned: Plan, limit: int, offset: int = 0
+    ) -> list[TraceSummary]:
+        """Traces that may satisfy a planned TraceQL query (a superset), newest first."""
         ...
 
     def get_services(self, tenant: str) -> list[str]:

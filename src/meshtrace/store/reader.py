@@ -15,6 +15,7 @@ from meshtrace.store.analytics import AnalyticsReader
 from meshtrace.store.api import TimeRange, TraceQuery, TraceSummary
 from meshtrace.store.engine import Engine
 from meshtrace.store.schema import HOT_ATTRIBUTES, REQUEST_ID, Schema
+from meshtrace.store.traceql_sql import Plan, candidates
 
 _NS_PER_S = 1_000_000_000
 _REQUEST_SPAN_S = 3600  # how long after its first span a request's spans are looked for
@@ -221,14 +222,22 @@ class ClickHouseReader:
         return [TraceSummary(tid, int(start), int(end)) for tid, start, end in rows]
 
     def find_traces(self, query: TraceQuery) -> list[Trace]:
-        summaries = self.find_trace_ids(query)
-        if not summaries:
+        return self.get_trace_batch(query.tenant, [s.trace_id for s in self.find_trace_ids(query)])
+
+    def get_trace_batch(self, tenant: str, trace_ids: list[str]) -> list[Trace]:
+        """Several traces by id, in the order given (missing ones left out)."""
+        if not trace_ids:
             return []
-        ids = [s.trace_id for s in summaries]
-        by_trace: dict[str, list[Span]] = {tid: [] for tid in ids}
-        for span in self._located(Conditions(query.tenant), ids):
+        by_trace: dict[str, list[Span]] = {tid: [] for tid in trace_ids}
+        for span in self._located(Conditions(tenant), trace_ids):
             by_trace[span.trace_id].append(span)
         return [Trace(tid, spans) for tid, spans in by_trace.items() if spans]
+
+    def traceql_candidates(
+        self, tenant: str, time: TimeRange, planned: Plan, limit: int, offset: int = 0
+    ) -> list[TraceSummary]:
+        """Traces that may match a TraceQL query (see ``traceql_sql``), newest first."""
+        return candidates(self.engine, self.schema, tenant, time, planned, limit, offset)
 
     def get_services(self, tenant: str) -> list[str]:
         rows = self.engine.query(
