@@ -124,7 +124,8 @@ def test_plans_use_the_search_table_when_they_can() -> None:
     assert not plan(parse('{ .http.status_code = "503" }')).on_index  # also looks at resource attributes
     assert not plan(parse('{ statusMessage = "x" }')).on_index
     one = plan(parse('{ .service.name = "a" } && { .service.name = "b" }'))
-    assert one.where is not None and one.having is not None
+    assert one.where is not None
+    assert one.having is not None
     assert plan(parse("{ traceDuration > 1s }")).where is None
 
 
