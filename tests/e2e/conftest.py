@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from meshtrace.testing.bookinfo import BookinfoTrace, export_request
 from meshtrace.testing.server import ServerProcess as BaseServerProcess
 from meshtrace.testing.server import ServerStartError
 
@@ -40,6 +41,17 @@ class ServerProcess(BaseServerProcess):
 
     def api(self, token: str | None = TOKENS["acme"]) -> httpx.Client:
         return super().api(token)
+
+
+def post_traces(server: ServerProcess, traces: list[BookinfoTrace], token: str = TOKENS["acme"]) -> None:
+    """Send Bookinfo traces over OTLP/HTTP (protobuf); fails the test unless accepted."""
+    response = httpx.post(
+        f"{server.otlp_http}/v1/traces",
+        content=export_request(traces).SerializeToString(),
+        headers={"Content-Type": "application/x-protobuf", "Authentication": token},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
 
 
 def token_args() -> list[str]:

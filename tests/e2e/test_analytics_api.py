@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from meshtrace.model.analytics import Histogram
@@ -19,7 +18,7 @@ from meshtrace.model.spans import Span, SpanKind
 from meshtrace.testing.bookinfo import BookinfoTrace, bookinfo_trace, export_request, traffic
 from meshtrace.testing.contract import Fixture, reference_edges, reference_spans
 
-from .conftest import TOKENS, ServerProcess, token_args, wait_until
+from .conftest import TOKENS, ServerProcess, post_traces, token_args, wait_until
 
 S = 1_000_000_000
 PAGE_OP = "productpage.default.svc.cluster.local:9080/productpage"
@@ -42,17 +41,6 @@ class Sent:
         return reference_edges(fixtures)
 
 
-def _post(server: ServerProcess, traces: list[BookinfoTrace], token: str) -> None:
-    body = export_request(traces).SerializeToString()
-    response = httpx.post(
-        f"{server.otlp_http}/v1/traces",
-        content=body,
-        headers={"Content-Type": "application/x-protobuf", "Authentication": token},
-        timeout=30,
-    )
-    assert response.status_code == 200, response.text
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     proc = ServerProcess(tmp_path_factory.mktemp("analytics"), *token_args(), "--graph-wait", "1s").start()
@@ -72,8 +60,8 @@ def sent(server: ServerProcess) -> Sent:
     acme += [*slow, failing, unreached, old_gateway]
     beta = list(traffic(9, start, 30, interval_ns=S))
     for i in range(0, len(acme), 50):
-        _post(server, acme[i : i + 50], TOKENS["acme"])
-    _post(server, beta, TOKENS["beta"])
+        post_traces(server, acme[i : i + 50], TOKENS["acme"])
+    post_traces(server, beta, TOKENS["beta"])
     result = Sent(acme, beta, [t.hex_id for t in slow], failing.hex_id, unreached.hex_id)
     expected_calls = sum(n for n, _ in result.edges().values())
 

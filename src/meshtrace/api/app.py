@@ -14,7 +14,7 @@ from meshtrace.ingest.auth import TokenAuth
 from meshtrace.metrics import Metrics
 from meshtrace.query.service import QueryService
 
-from . import analytics, jaeger, native, spm
+from . import analytics, jaeger, native, spm, tempo
 from .common import JSONResponse, error_response
 from .prom import TempoSeries
 
@@ -24,16 +24,19 @@ def create_app(query: QueryService, auth: TokenAuth, metrics: Metrics, readiness
     app = FastAPI(
         title="meshtrace query API",
         version=__version__,
-        description="Jaeger-compatible routes under /api, meshtrace's native routes under /meshtrace/v1. "
+        description="Jaeger-compatible routes under /api, Tempo-compatible ones under /tempo, meshtrace's native "
+        "routes under /meshtrace/v1. "
         "Send the tenant's token as 'Authentication: <token>' or 'Authorization: Bearer <token>'.",
         default_response_class=JSONResponse,
     )
     app.state.query = query
     app.state.auth = auth
+    app.state.readiness = readiness
     app.include_router(spm.router)
     app.include_router(jaeger.router)
     app.include_router(native.router)
     app.include_router(analytics.router)
+    app.include_router(tempo.router)
 
     @app.exception_handler(MeshtraceError)
     async def meshtrace_error(request: Request, exc: MeshtraceError) -> Response:

@@ -7,6 +7,7 @@ Tempo reports what it inspected), so a query SQL cannot narrow does not read the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from meshtrace.model.spans import Trace
@@ -37,7 +38,9 @@ async def search(
     limit: int,
     *,
     max_inspected: int = 5000,
+    trace_filter: Callable[[Trace], bool] | None = None,
 ) -> SearchResult:
+    """``trace_filter``: a further condition on whole traces (Tempo's min/maxDuration)."""
     planned = plan(traceql)
     matches: list[Match] = []
     inspected = spans = 0
@@ -52,6 +55,8 @@ async def search(
         for trace in traces:
             inspected += 1
             spans += len(trace.spans)
+            if trace_filter is not None and not trace_filter(trace):
+                continue
             sets = evaluate(traceql, trace)
             if sets:
                 matches.append(Match(trace, sets))

@@ -110,6 +110,16 @@ class TraceReader(Protocol):
         """Traces that may satisfy a planned TraceQL query (a superset), newest first."""
         ...
 
+    def tag_names(self, tenant: str, time: TimeRange, scope: str) -> list[str]:
+        """Attribute keys seen in the window, ``scope`` span or resource."""
+        ...
+
+    def tag_values(
+        self, tenant: str, time: TimeRange, scope: str, name: str, narrowed: Plan | None = None
+    ) -> list[str]:
+        """Values of one attribute in the window (``scope`` span, resource or "" for either)."""
+        ...
+
     def get_services(self, tenant: str) -> list[str]:
         """Service names with spans in the retention window, sorted."""
         ...

@@ -19,6 +19,7 @@ from meshtrace.store.traceql_sql import Plan, candidates
 
 _NS_PER_S = 1_000_000_000
 _REQUEST_SPAN_S = 3600  # how long after its first span a request's spans are looked for
+TAG_SAMPLE = 100_000  # spans whose attribute keys autocomplete looks at
 
 SPAN_COLUMNS = """TraceId, SpanId, ParentSpanId, TraceState, SpanName, SpanKind, ServiceName,
     toUnixTimestamp64Nano(Timestamp), Duration, StatusCode, StatusMessage,
@@ -238,6 +239,47 @@ class ClickHouseReader:
     ) -> list[TraceSummary]:
         """Traces that may match a TraceQL query (see ``traceql_sql``), newest first."""
         return candidates(self.engine, self.schema, tenant, time, planned, limit, offset)
+
+    def tag_names(self, tenant: str, time: TimeRange, scope: str) -> list[str]:
+        """Attribute keys of ``scope`` (span or resource) among the window's newest spans (at most
+        ``TAG_SAMPLE`` of them: autocomplete wants the common keys fast, not an exhaustive scan)."""
+        column = "ResourceAttributes" if scope == "resource" else "SpanAttributes"
+        where = Conditions(tenant)
+        where.time(time)
+        rows = self.engine.query(
+            f"""SELECT DISTINCT key FROM (
+                SELECT mapKeys({column}) AS keys FROM {self.schema.traces} WHERE {where.sql}
+                LIMIT {TAG_SAMPLE}) ARRAY JOIN keys AS key
+            ORDER BY key LIMIT 1000""",
+            where.params,
+        )
+        return [row[0] for row in rows]
+
+    def tag_values(
+        self, tenant: str, time: TimeRange, scope: str, name: str, narrowed: Plan | None = None
+    ) -> list[str]:
+        """Values of one attribute (``scope``: span, resource, or "" for either) in the window, at most
+        1000; ``narrowed`` (a TraceQL plan for the span table) restricts them to matching spans."""
+        where = Conditions(tenant)
+        where.time(time)
+        if scope == "span":
+            value, present = "SpanAttributes[{tag:String}]", "mapContains(SpanAttributes, {tag:String})"
+        elif scope == "resource":
+            value, present = "ResourceAttributes[{tag:String}]", "mapContains(ResourceAttributes, {tag:String})"
+        else:
+            value = (
+                "if(mapContains(SpanAttributes, {tag:String}), SpanAttributes[{tag:String}], "
+                "ResourceAttributes[{tag:String}])"
+            )
+            present = "(mapContains(SpanAttributes, {tag:String}) OR mapContains(ResourceAttributes, {tag:String}))"
+        where.add(present, tag=name)
+        if narrowed is not None and narrowed.where:
+            where.add(f"({narrowed.where})", **narrowed.params)
+        rows = self.engine.query(
+            f"SELECT DISTINCT {value} AS v FROM {self.schema.traces} WHERE {where.sql} ORDER BY v LIMIT 1000",
+            where.params,
+        )
+        return [row[0] for row in rows]
 
     def get_services(self, tenant: str) -> list[str]:
         rows = self.engine.query(

@@ -170,10 +170,11 @@ class Plan:
     params: dict[str, Any]
 
 
-def plan(query: Query) -> Plan:
+def plan(query: Query, *, span_table: bool = False) -> Plan:
+    """``span_table``: plan for the span table even when the search table would do."""
     builder = _Builder()
     conditions = {id(f): builder.condition(f.expr) for f in query.filters()}
-    on_index = all(c in _INDEX_COLUMNS or c.startswith("hot:") for c in builder.columns)
+    on_index = not span_table and all(c in _INDEX_COLUMNS or c.startswith("hot:") for c in builder.columns)
     exprs = list(conditions.values())
     where = None if any(c is None for c in exprs) else " OR ".join(f"({c})" for c in exprs)
     having = _having(query.spansets, conditions)
