@@ -1,4 +1,4 @@
-"""Query benchmark: Jaeger and native query API latencies over a store of ≥5M Bookinfo spans.
+"""Query benchmark: Jaeger, Tempo, native and analytics latencies over a store of ≥5M Bookinfo spans.
 
 Loads Bookinfo traffic (unique trace ids, spread over the last 6 hours) through the real ingest path,
 waits for merges to settle, then times each query over HTTP: median and p95 of ``--repeat`` runs after
@@ -136,7 +136,7 @@ def main() -> None:
                 time.sleep(0.5)
             load_seconds = round(time.monotonic() - started, 1)
             samples_file.write_text(json.dumps(samples))
-        wait_idle(server.pid)  # merges finished: queries on settled parts are what users see
+        wait_idle(server.pid)  # merges and the service graph finished: what users see
         stats = api.get("/meshtrace/v1/stats").json()
         n = args.repeat + 1
         ids = (samples["trace_ids"] * n)[:n]
@@ -178,7 +178,77 @@ def main() -> None:
             ),
             "services": timed(lambda _: get("/api/services"), [0] * n),
             "operations": timed(lambda _: get("/api/operations", service="reviews.default"), [0] * n),
-            "dependencies, 24h": timed(lambda _: get("/api/dependencies", lookback=str(24 * 3600 * 1000)), [0] * 6),
+            "dependencies, 24h": timed(lambda _: get("/api/dependencies", lookback=str(24 * 3600 * 1000)), [0] * n),
+        }
+        end_s = time.time_ns() // 10**9 + 60
+        six_h = {"start": str(end_s - 6 * 3600 - 120), "end": str(end_s)}
+        trace_ids = (samples["trace_ids"] * n)[:n]
+        analytics = {
+            "service graph, 1h": timed(lambda _: get("/meshtrace/v1/servicegraph", lookback="1h"), [0] * n),
+            "service graph, 24h": timed(lambda _: get("/meshtrace/v1/servicegraph", lookback="24h"), [0] * n),
+            "RED of one service, 24h, 5 min step": timed(
+                lambda _: get("/meshtrace/v1/red", service="reviews.default", lookback="24h", step="5m"), [0] * n
+            ),
+            "RED of every service by operation, 24h": timed(
+                lambda _: get("/meshtrace/v1/red", byOperation="true", lookback="24h", step="5m"), [0] * n
+            ),
+            "Jaeger SPM latencies p95, 1h": timed(
+                lambda _: get(
+                    "/api/metrics/latencies",
+                    service="productpage.default",
+                    quantile="0.95",
+                    groupByOperation="true",
+                    step="60000",
+                    ratePer="600000",
+                ),
+                [0] * n,
+            ),
+            "impact ranking, 24h": timed(lambda _: get("/meshtrace/v1/impact", lookback="24h"), [0] * n),
+            "error groups, 6h": timed(lambda _: get("/meshtrace/v1/errors", lookback="6h"), [0] * n),
+            "outliers of an operation, 6h": timed(
+                lambda _: get(
+                    "/meshtrace/v1/outliers",
+                    service="reviews.default",
+                    operation="reviews.default.svc.cluster.local:9080/*",
+                    lookback="6h",
+                ),
+                [0] * n,
+            ),
+            "trace analysis (critical path, self time)": timed(
+                lambda t: get(f"/meshtrace/v1/traces/{t}/analysis"), trace_ids
+            ),
+            "TraceQL single spanset (Grafana builder), 6h": timed(
+                lambda _: get(
+                    "/tempo/api/search",
+                    limit="20",
+                    **six_h,
+                    q='{resource.service.name="ratings.default" && status=error && duration>1ms}',
+                ),
+                [0] * n,
+            ),
+            "TraceQL Kiali shape, 6h": timed(
+                lambda _: get(
+                    "/tempo/api/search",
+                    limit="20",
+                    spss="10",
+                    **six_h,
+                    q='{ .service.name = "reviews.default" } && { } | select(status, .node_id, name)',
+                ),
+                [0] * n,
+            ),
+            "TraceQL structural (reviews > ratings errors), 6h": timed(
+                lambda _: get(
+                    "/tempo/api/search",
+                    limit="20",
+                    **six_h,
+                    q='{ resource.service.name = "reviews.default" } > '
+                    '{ resource.service.name = "ratings.default" && status = error }',
+                ),
+                [0] * n,
+            ),
+            "Tempo trace by id v2 (protobuf)": timed(
+                lambda t: api.get(f"/tempo/api/v2/traces/{t}", headers={"Accept": "application/protobuf"}), trace_ids
+            ),
         }
         report = {
             "benchmark": "query",
@@ -188,6 +258,7 @@ def main() -> None:
             "load_seconds": load_seconds,
             "repeat": args.repeat,
             "queries": results,
+            "analytics": analytics,
         }
         print(json.dumps(report, indent=2))
     finally:

@@ -136,3 +136,20 @@ def test_search_stops_after_the_inspection_budget(class_store_module: Store, loa
     result = asyncio.run(search(service, "t", query, TimeRange(now - 3600 * S, now), limit=5, max_inspected=30))
     assert result.matches == []
     assert result.inspected_traces == 30
+
+
+@pytest.mark.parametrize("text", ['{ resource.service.name = "reviews.default" }', "{ status = error } && { }"])
+def test_a_small_limit_gets_the_newest_matches(text: str, class_store_module: Store, loaded: list[Trace]) -> None:
+    query = parse(text)
+    newest = sorted((t for t in loaded if evaluate(query, t)), key=lambda t: -t.start_ns)[:3]
+    now = time.time_ns()
+    service = QueryService(class_store_module.reader, class_store_module.analytics)
+    result = asyncio.run(search(service, "t", query, TimeRange(now - 3600 * S, now + 60 * S), limit=3))
+    assert [m.trace.trace_id for m in result.matches] == [t.trace_id for t in newest]
+
+
+def test_an_empty_spanset_beside_a_condition_reads_only_matching_spans() -> None:
+    kiali = plan(parse('{ .service.name = "x" } && { } | select(status)'))
+    assert kiali.having is None
+    assert kiali.where is not None
+    assert "ServiceName" in kiali.where

@@ -5,7 +5,8 @@ thousand per-minute rows instead of joining millions of spans.
   duration and a latency histogram; fed by a materialized view on ``otel_traces``.
 - ``meshtrace_edge_halves``: every CLIENT and SERVER span reduced to what an edge needs, stamped with
   the time it was inserted (not the span's time: pairing follows arrival, the way a collector's service
-  graph processor does). Short-lived.
+  graph processor does). The pairing key is a 64-bit hash of (trace id, the CLIENT span's id), which a
+  SERVER span computes from its parent id: 16 bytes instead of three hex ids. Short-lived.
 - ``meshtrace_service_graph``: per (tenant, minute, client, server, versions, connection type, response
   flags) the calls, failures and client/server latency histograms; written by ``ServiceGraphBuilder``
   from the halves: CLIENT spans paired with the SERVER span under them, CLIENT spans left alone (an
@@ -98,9 +99,8 @@ GROUP BY Tenant, ServiceName, Minute, SpanName, SpanKind""",
     InsertedAt DateTime64(3) CODEC(Delta, ZSTD(1)),
     Tenant LowCardinality(String),
     IsClient Bool,
-    TraceId String CODEC(ZSTD(1)),
-    SpanId String CODEC(ZSTD(1)),
-    ParentSpanId String CODEC(ZSTD(1)),
+    IsRoot Bool,
+    Key UInt64,
     Service LowCardinality(String),
     Version LowCardinality(String),
     Peer LowCardinality(String),
@@ -119,7 +119,8 @@ AS SELECT
     now64(3) AS InsertedAt,
     Tenant,
     SpanKind IN {_CLIENT_KINDS} AS IsClient,
-    TraceId, SpanId, ParentSpanId,
+    ParentSpanId = '' AS IsRoot,
+    cityHash64(TraceId, if(IsClient, SpanId, ParentSpanId)) AS Key,
     ServiceName AS Service,
     SpanAttributes['istio.canonical_revision'] AS Version,
     if(IsClient, {_peer()}, '') AS Peer,

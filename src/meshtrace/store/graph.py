@@ -164,8 +164,8 @@ class ServiceGraphBuilder:
                 c.Version AS ClientVersion, s.Version AS ServerVersion, '' AS ConnectionType, c.Flags AS Flags,
                 c.Failed OR s.Failed AS Failed, c.Duration AS CD, s.Duration AS SD, true AS HasServer
             FROM ({self._halves(True, "{lo:Int64}", "{t:Int64}")}) AS c
-            INNER JOIN ({self._halves(False, "{lo:Int64}", "{t:Int64}", " AND ParentSpanId != ''")}) AS s
-                ON s.Tenant = c.Tenant AND s.TraceId = c.TraceId AND s.ParentSpanId = c.SpanId
+            INNER JOIN ({self._halves(False, "{lo:Int64}", "{t:Int64}", " AND NOT IsRoot")}) AS s
+                ON s.Tenant = c.Tenant AND s.Key = c.Key
             WHERE greatest({ms}(c.InsertedAt), {ms}(s.InsertedAt)) > {{w:Int64}}
               AND abs({ms}(c.InsertedAt) - {ms}(s.InsertedAt)) <= {{wait:Int64}}"""
         lone_clients = f"""SELECT c.Tenant AS Tenant, c.Start AS Start, c.Service AS Client,
@@ -173,21 +173,21 @@ class ServiceGraphBuilder:
                 '{VIRTUAL}' AS ConnectionType, c.Flags AS Flags, c.Failed AS Failed, c.Duration AS CD,
                 toUInt64(0) AS SD, false AS HasServer
             FROM ({self._halves(True, "{ew:Int64}", "{et:Int64}")}) AS c
-            LEFT ANY JOIN ({self._halves(False, "{lo2:Int64}", "{t:Int64}", " AND ParentSpanId != ''")}) AS s
-                ON s.Tenant = c.Tenant AND s.TraceId = c.TraceId AND s.ParentSpanId = c.SpanId
-            WHERE s.TraceId = '' OR abs({ms}(c.InsertedAt) - {ms}(s.InsertedAt)) > {{wait:Int64}}"""
+            LEFT ANY JOIN ({self._halves(False, "{lo2:Int64}", "{t:Int64}", " AND NOT IsRoot")}) AS s
+                ON s.Tenant = c.Tenant AND s.Key = c.Key
+            WHERE {ms}(s.InsertedAt) = 0 OR abs({ms}(c.InsertedAt) - {ms}(s.InsertedAt)) > {{wait:Int64}}"""
         lone_servers = f"""SELECT s.Tenant AS Tenant, s.Start AS Start, '{UNKNOWN}' AS Client, s.Service AS Server,
                 '' AS ClientVersion, s.Version AS ServerVersion, '{VIRTUAL}' AS ConnectionType, s.Flags AS Flags,
                 s.Failed AS Failed, s.Duration AS CD, s.Duration AS SD, true AS HasServer
-            FROM ({self._halves(False, "{ew:Int64}", "{et:Int64}", " AND ParentSpanId != ''")}) AS s
+            FROM ({self._halves(False, "{ew:Int64}", "{et:Int64}", " AND NOT IsRoot")}) AS s
             LEFT ANY JOIN ({self._halves(True, "{lo2:Int64}", "{t:Int64}")}) AS c
-                ON s.Tenant = c.Tenant AND s.TraceId = c.TraceId AND s.ParentSpanId = c.SpanId
-            WHERE c.TraceId = '' OR abs({ms}(c.InsertedAt) - {ms}(s.InsertedAt)) > {{wait:Int64}}"""
+                ON s.Tenant = c.Tenant AND s.Key = c.Key
+            WHERE {ms}(c.InsertedAt) = 0 OR abs({ms}(c.InsertedAt) - {ms}(s.InsertedAt)) > {{wait:Int64}}"""
         roots = f"""SELECT Tenant, Start, '{USER}' AS Client, Service AS Server, '' AS ClientVersion,
                 Version AS ServerVersion, '{VIRTUAL}' AS ConnectionType, Flags, Failed, Duration AS CD,
                 Duration AS SD, true AS HasServer
             FROM {self.schema.edge_halves}
-            WHERE ParentSpanId = '' AND InsertedAt > fromUnixTimestamp64Milli({{w:Int64}})
+            WHERE IsRoot AND InsertedAt > fromUnixTimestamp64Milli({{w:Int64}})
               AND InsertedAt <= fromUnixTimestamp64Milli({{t:Int64}})"""
         for name, rows in (("pairs", pairs), ("clients", lone_clients), ("servers", lone_servers), ("roots", roots)):
             self.engine.execute(

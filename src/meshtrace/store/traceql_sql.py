@@ -159,6 +159,8 @@ def _having(expr: SpansetExpr, conditions: dict[int, str | None]) -> str | None:
     if expr.op == "||":
         return f"({left}) OR ({right})" if left and right else None
     parts = [p for p in (left, right) if p]
+    if len(parts) == 1:
+        return parts[0]
     return " AND ".join(f"({p})" for p in parts) if parts else None
 
 
@@ -175,11 +177,14 @@ def plan(query: Query, *, span_table: bool = False) -> Plan:
     builder = _Builder()
     conditions = {id(f): builder.condition(f.expr) for f in query.filters()}
     on_index = not span_table and all(c in _INDEX_COLUMNS or c.startswith("hot:") for c in builder.columns)
-    exprs = list(conditions.values())
-    where = None if any(c is None for c in exprs) else " OR ".join(f"({c})" for c in exprs)
     having = _having(query.spansets, conditions)
-    if len(exprs) == 1:
-        having = None  # one spanset: the WHERE clause already says it
+    pushed = [c for c in conditions.values() if c]
+    # Rows matching no pushed condition count in no countIf: the WHERE clause may drop them whenever
+    # HAVING decides (``{ } && {…}`` reads only the spans of the right side). Without a HAVING every
+    # trace with any span is a candidate, so nothing may be dropped.
+    where = " OR ".join(f"({c})" for c in pushed) if having and pushed else None
+    if having is not None and len(pushed) == 1 and having == f"countIf({pushed[0]}) > 0":
+        having = None  # the WHERE clause already says it
     finish = _index_sql if on_index else _span_sql
     return Plan(on_index, finish(where) if where else None, finish(having) if having else None, builder.params)
 
