@@ -121,3 +121,20 @@ def test_graph_loop_runs_in_the_background(chdb_engine: ChdbEngine, tmp_path: Pa
         assert store.graph.windows > 0
     finally:
         asyncio.run(store.close())
+
+
+def test_halves_just_beyond_the_wait_are_never_counted_twice(store: Store) -> None:
+    """Halves 600 ms apart with a 300 ms wait, usually inside one 10 s window: they are two lone halves,
+    not a pair plus two lone halves."""
+    store.graph.wait_ms, store.graph.step_ms = 300, 10_000
+    trace = bookinfo_trace(random.Random(5), time.time_ns(), reviews_version="v1")
+    page, rest = _sides(trace, "productpage.default")
+    _write(store, page)
+    time.sleep(0.6)
+    _write(store, rest)
+    g = store.graph
+    g.advance(g.now_ms() + g.wait_ms + 2 * g.step_ms)
+    edges = _edges(store)
+    assert ("productpage.default", "details.default", "") not in edges
+    assert edges[("productpage.default", "details.default", "virtual_node")] == 1
+    assert edges[("unknown", "details.default", "virtual_node")] == 1

@@ -22,6 +22,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
+from meshtrace.model.analytics import Histogram
 from meshtrace.model.otlp_json import parse_otlp_json
 from meshtrace.model.spans import DependencyLink, Event, Link, Operation, Span, SpanKind, StatusCode, Trace
 from meshtrace.query.adjusters import sort_spans
@@ -344,11 +345,23 @@ class StoreContract:
             counts[0] += 1
             counts[1] += s.is_error
             counts[2] += s.duration_ns
-        got = {
-            (o.service, o.operation, o.kind): [o.calls, o.errors, o.nanos]
-            for o in store.analytics.operations(TENANT, window)
-        }
+        stored = store.analytics.operations(TENANT, window)
+        got = {(o.service, o.operation, o.kind): [o.calls, o.errors, o.nanos] for o in stored}
         assert got == expected
+        # Latency histograms bucket exactly as the reference does, so their quantiles agree too.
+        for o in stored:
+            durations = [
+                s.duration_ns for s in spans if (s.service, s.name, s.kind.value) == (o.service, o.operation, o.kind)
+            ]
+            assert o.histogram.counts == Histogram.of(durations).counts, (o.service, o.operation)
+
+    def test_red_series_add_up(self, store: Store, loaded: dict[str, Fixture], window: TimeRange) -> None:
+        totals = {(o.service, o.operation): o.calls for o in store.analytics.operations(TENANT, window, kind="server")}
+        series = store.analytics.red(TENANT, window, 600, kind="server", by_operation=True)
+        assert {(s.labels["service_name"], s.labels["operation"]): sum(p.calls for p in s.points) for s in series} == (
+            totals
+        )
+        assert all(p.time_s % 60 == 0 for s in series for p in s.points)
 
     # searches
 
