@@ -24,6 +24,17 @@ def latency_ms(h: Histogram) -> dict[str, float | None]:
     return {k: (round(v / _NS_PER_MS, 3) if v is not None else None) for k, v in quantiles(h).items()}
 
 
+def red_fields(calls: int, errors: int, seconds: float, h: Histogram, *, errors_key: str = "errors") -> dict[str, Any]:
+    """Rate, errors, duration: the figures every graph element, series point and operation carries."""
+    return {
+        "calls": calls,
+        errors_key: errors,
+        "rate": calls / seconds,
+        "errorRate": errors / calls if calls else 0.0,
+        "latencyMs": latency_ms(h),
+    }
+
+
 @dataclass(slots=True)
 class _Node:
     id: str
@@ -97,11 +108,7 @@ def service_graph(edges: list[GraphEdge], window_s: float) -> dict[str, Any]:
                 "id": n.id,
                 "name": n.name,
                 "type": n.type,
-                "calls": n.calls,
-                "errors": n.errors,
-                "rate": n.calls / seconds,
-                "errorRate": n.errors / n.calls if n.calls else 0.0,
-                "latencyMs": latency_ms(n.histogram),
+                **red_fields(n.calls, n.errors, seconds, n.histogram),
                 "versions": [{"version": v, "calls": c, "errors": f} for v, (c, f) in sorted(n.versions.items())],
             }
             for n in sorted(nodes.values(), key=lambda n: n.id)
@@ -110,10 +117,11 @@ def service_graph(edges: list[GraphEdge], window_s: float) -> dict[str, Any]:
             {
                 "source": link.source,
                 "target": link.target,
-                "calls": link.calls,
-                "failed": link.failed,
-                "rate": link.calls / seconds,
-                "errorRate": link.failed / link.calls if link.calls else 0.0,
+                **{
+                    k: v
+                    for k, v in red_fields(link.calls, link.failed, seconds, link.client, errors_key="failed").items()
+                    if k != "latencyMs"
+                },
                 "clientLatencyMs": latency_ms(link.client),
                 "serverLatencyMs": latency_ms(link.server),
                 "responseFlags": dict(sorted(link.flags.items())),

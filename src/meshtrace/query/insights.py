@@ -12,7 +12,7 @@ from meshtrace.errors import InvalidQuery
 from meshtrace.model.analytics import Histogram, OperationStats, Series
 from meshtrace.model.spans import Trace
 from meshtrace.query import analysis
-from meshtrace.query.graph_view import latency_ms, service_graph
+from meshtrace.query.graph_view import red_fields, service_graph
 from meshtrace.query.service import QueryService
 from meshtrace.store.analytics import AnalyticsReader, minutes
 from meshtrace.store.api import TimeRange
@@ -34,12 +34,8 @@ def operation_json(stats: OperationStats, window_s: float) -> dict[str, Any]:
         "service": stats.service,
         "operation": stats.operation,
         "kind": stats.kind.lower(),
-        "calls": stats.calls,
-        "errors": stats.errors,
-        "rate": stats.calls / window_s,
-        "errorRate": stats.errors / stats.calls if stats.calls else 0.0,
+        **red_fields(stats.calls, stats.errors, window_s, stats.histogram),
         "avgMs": _ms(stats.nanos / stats.calls) if stats.calls else None,
-        "latencyMs": latency_ms(stats.histogram),
         "totalSeconds": stats.nanos / 1e9,
     }
 
@@ -83,15 +79,7 @@ class Insights:
                 {
                     **s.labels,
                     "points": [
-                        {
-                            "time": p.time_s,
-                            "calls": p.calls,
-                            "errors": p.errors,
-                            "rate": p.calls / step,
-                            "errorRate": p.errors / p.calls if p.calls else 0.0,
-                            "latencyMs": latency_ms(p.histogram),
-                        }
-                        for p in s.points
+                        {"time": p.time_s, **red_fields(p.calls, p.errors, step, p.histogram)} for p in s.points
                     ],
                 }
                 for s in series
