@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import orjson
@@ -71,14 +72,52 @@ class Backend:
         self._servers: list[RunningHttp] = []
         self._stop = asyncio.Event()
         self._started = False
+        self._stored: dict[str, int] = {}  # spans stored per tenant since start
 
     def _on_commit(self, batch: list[Record], seconds: float) -> None:
         spans = 0
         for record in batch:
             self.metrics.spans_stored.labels(record.label).inc(record.count)
+            self._stored[record.label] = self._stored.get(record.label, 0) + record.count
             spans += record.count
         self.metrics.insert_seconds.observe(seconds)
         self.metrics.insert_spans.observe(spans)
+
+    def status(self, tenant: str, ingest: IngestService, size: _CachedSize) -> dict[str, Any]:
+        """What the console's status page shows a tenant: its own counts, the store's shared health."""
+        assert self.store is not None
+        writer, graph, stored = self.store.writer, self.store.graph, size.get()
+        return {
+            "tenant": tenant,
+            "time": time.time_ns(),
+            "ready": not self.readiness(),
+            "problems": self.readiness(),
+            "ingest": {
+                **ingest.totals.get(tenant, {"received": 0, "accepted": 0, "rejected": 0}),
+                "stored": self._stored.get(tenant, 0),
+            },
+            "store": {
+                "engine": self.store.engine.description,
+                "spans": stored.spans,
+                "bytesOnDisk": stored.bytes_on_disk,
+                "parts": stored.parts,
+                "pendingSpans": writer.pending_spans,
+                "lastInsertSeconds": writer.stats.last_insert_seconds,
+                "lastError": writer.stats.last_error,
+            },
+            "serviceGraph": {"windows": graph.windows, "lastError": graph.last_error},
+            "rejections": [
+                {
+                    "time": str(r.time_ns),
+                    "transport": r.transport,
+                    "rejected": r.rejected,
+                    "accepted": r.accepted,
+                    "reasons": r.reasons,
+                    "message": r.message,
+                }
+                for r in ingest.recent_rejections(tenant)
+            ],
+        }
 
     def readiness(self) -> list[str]:
         problems = []
@@ -135,7 +174,13 @@ class Backend:
             ) from exc
         await grpc_server.start()
 
-        query_app = create_app(QueryService(store.reader, store.analytics), self.auth, self.metrics, self.readiness)
+        query_app = create_app(
+            QueryService(store.reader, store.analytics),
+            self.auth,
+            self.metrics,
+            self.readiness,
+            status=lambda tenant: self.status(tenant, ingest, size),
+        )
         otlp_app = OtlpHttpApp(ingest, self.auth, config.max_body_bytes).app
         for app, sock in ((otlp_app, socks["otlp_http"]), (query_app, socks["http"])):
             self._servers.append(await serve_http(app, sock))

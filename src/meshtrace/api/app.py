@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from meshtrace import __version__
+from meshtrace import __version__, console
 from meshtrace.errors import MeshtraceError, Unauthenticated
 from meshtrace.ingest.auth import TokenAuth
 from meshtrace.metrics import Metrics
@@ -19,8 +20,16 @@ from .common import JSONResponse, error_response
 from .prom import TempoSeries
 
 
-def create_app(query: QueryService, auth: TokenAuth, metrics: Metrics, readiness: Callable[[], list[str]]) -> FastAPI:
-    """``readiness()`` returns what keeps the backend from being ready (empty when ready)."""
+def create_app(
+    query: QueryService,
+    auth: TokenAuth,
+    metrics: Metrics,
+    readiness: Callable[[], list[str]],
+    *,
+    status: Callable[[str], dict[str, Any]] | None = None,
+) -> FastAPI:
+    """``readiness()`` returns what keeps the backend from being ready (empty when ready); ``status(tenant)``
+    what the console's status page shows."""
     app = FastAPI(
         title="meshtrace query API",
         version=__version__,
@@ -32,11 +41,14 @@ def create_app(query: QueryService, auth: TokenAuth, metrics: Metrics, readiness
     app.state.query = query
     app.state.auth = auth
     app.state.readiness = readiness
+    app.state.status = status
     app.include_router(spm.router)
     app.include_router(jaeger.router)
     app.include_router(native.router)
     app.include_router(analytics.router)
     app.include_router(tempo.router)
+
+    console.mount(app, auth_enabled=auth.enabled)
 
     @app.exception_handler(MeshtraceError)
     async def meshtrace_error(request: Request, exc: MeshtraceError) -> Response:

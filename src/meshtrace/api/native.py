@@ -167,6 +167,15 @@ async def dependencies(
     return JSONResponse({"links": [{"parent": d.parent, "child": d.child, "callCount": d.call_count} for d in links]})
 
 
+@router.get("/status")
+async def status(request: Request, tenant: Tenant) -> JSONResponse:
+    """The backend as the caller's tenant sees it: its ingest counts, recent rejections, the store's health."""
+    provider = request.app.state.status
+    if provider is None:
+        raise InvalidQuery("this backend serves no status")
+    return JSONResponse(provider(tenant))
+
+
 @router.get("/stats")
 async def stats(
     request: Request, tenant: Tenant, start: str | None = None, end: str | None = None, lookback: str | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -42,11 +43,31 @@ def response_protobuf(result: ExportResult) -> bytes:
     return response.SerializeToString()
 
 
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """One export request with rejected spans, as the console's status page lists them."""
+
+    time_ns: int
+    transport: str
+    rejected: int
+    accepted: int
+    reasons: dict[str, int]
+    message: str
+
+
 class IngestService:
+    RECENT = 50  # rejections kept per tenant
+
     def __init__(self, writer: SpanWriter, metrics: Metrics, *, retention_ns: int | None = None) -> None:
         self.writer = writer
         self.metrics = metrics
         self.retention_ns = retention_ns
+        self._rejections: dict[str, deque[Rejection]] = {}
+        self.totals: dict[str, dict[str, int]] = {}  # per tenant since start: received, accepted, rejected
+
+    def recent_rejections(self, tenant: str) -> list[Rejection]:
+        """The tenant's latest requests with rejected spans, newest first."""
+        return list(reversed(self._rejections.get(tenant, ())))
 
     def _min_start_ns(self) -> int:
         return time.time_ns() - self.retention_ns if self.retention_ns else 0
@@ -61,13 +82,29 @@ class IngestService:
 
     async def _store(self, tenant: str, checked: Validated, transport: str) -> ExportResult:
         received = checked.accepted + checked.rejected
+        totals = self.totals.setdefault(tenant, {"received": 0, "accepted": 0, "rejected": 0})
+        totals["received"] += received
+        totals["rejected"] += checked.rejected
         if received:
             self.metrics.spans_received.labels(tenant, transport).inc(received)
         for reason, count in checked.reasons.items():
             self.metrics.spans_rejected.labels(tenant, reason).inc(count)
+        if checked.rejected:
+            recent = self._rejections.setdefault(tenant, deque(maxlen=self.RECENT))
+            recent.append(
+                Rejection(
+                    time.time_ns(),
+                    transport,
+                    checked.rejected,
+                    checked.accepted,
+                    dict(checked.reasons),
+                    checked.message,
+                )
+            )
         if checked.accepted:
             await self.writer.write(SpanBatch(tenant, checked.payload, checked.accepted))
             self.metrics.spans_accepted.labels(tenant).inc(checked.accepted)
+            totals["accepted"] += checked.accepted
         self.metrics.requests.labels(transport, "partial" if checked.rejected else "ok").inc()
         return ExportResult(checked.accepted, checked.rejected, checked.message)
 
