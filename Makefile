@@ -3,10 +3,13 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-# Debian packages a benchmark needs, installed when missing (root or sudo).
-APT    := $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y --no-install-recommends
+# Debian packages the console tests and some benchmarks need, installed when missing (root or sudo).
+SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
+APT    := $(SUDO) apt-get install -y --no-install-recommends
+# The console's browser tests drive Debian's chromium (Playwright's own browsers are not downloaded).
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench screenshots clean
 
 $(STAMP): pyproject.toml
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -22,13 +25,21 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks scripts
 	$(BIN)/mypy src
 
-test: lint
+$(CHROMIUM):
+	$(APT) chromium || ($(SUDO) apt-get update -qq && $(APT) chromium)
+
+test: lint $(CHROMIUM)
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+# Screenshots of every console page for the README (docs/screenshots/), taken by the test tooling.
+screenshots: $(STAMP) $(CHROMIUM)
+	$(BIN)/python scripts/screenshots.py
+
+bench: $(STAMP) $(CHROMIUM)
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/query.py
 	$(BIN)/python benchmarks/collector.py
+	$(BIN)/python benchmarks/console.py
 	@command -v wrk >/dev/null || $(APT) wrk nginx-light
 	$(BIN)/python benchmarks/sidecar.py
 

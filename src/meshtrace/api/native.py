@@ -5,7 +5,8 @@ integers do not survive JavaScript numbers), attributes as objects of strings.
 
 - ``GET /meshtrace/v1/services`` → ``{"services": [...]}``
 - ``GET /meshtrace/v1/services/{service}/operations[?kind=server]`` → ``{"operations": [{"name", "kind"}]}``
-- ``GET /meshtrace/v1/traces/{traceId}`` → a trace with every span
+- ``GET /meshtrace/v1/traces/{traceId}[?analysis=true]`` → a trace with every span (and its critical path,
+  self times and root cause)
 - ``GET /meshtrace/v1/traces?service=&operation=&kind=&attr=k=v&status=&minDuration=&maxDuration=
   &start=&end=&lookback=&limit=`` → ``{"traces": [summary, ...]}``, newest first
 - ``GET /meshtrace/v1/dependencies?start=&end=&lookback=`` → ``{"links": [{"parent", "child", "callCount"}]}``
@@ -17,6 +18,7 @@ integers do not survive JavaScript numbers), attributes as objects of strings.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -24,6 +26,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from meshtrace.errors import InvalidQuery
 from meshtrace.model.ids import normalize_trace_id
 from meshtrace.model.spans import Span, StatusCode, Trace
+from meshtrace.query.insights import trace_analysis
 from meshtrace.query.params import parse_duration_ns, parse_int, parse_time_ns
 from meshtrace.query.service import QueryService, window
 from meshtrace.store.api import TimeRange, TraceQuery
@@ -107,9 +110,13 @@ async def operations(request: Request, service: str, tenant: Tenant, kind: str |
 
 
 @router.get("/traces/{trace_id}")
-async def get_trace(request: Request, trace_id: str, tenant: Tenant) -> JSONResponse:
+async def get_trace(request: Request, trace_id: str, tenant: Tenant, analysis: bool = False) -> JSONResponse:
+    """``analysis=true`` adds what ``/traces/{id}/analysis`` answers, from the same read of the trace."""
     trace = await _query(request).get_trace(tenant, normalize_trace_id(trace_id))
-    return JSONResponse({**trace_summary(trace), "spans": [span_json(s) for s in trace.spans]})
+    body = {**trace_summary(trace), "spans": [span_json(s) for s in trace.spans]}
+    if analysis:
+        body["analysis"] = await asyncio.to_thread(trace_analysis, trace)
+    return JSONResponse(body)
 
 
 @router.get("/traces")

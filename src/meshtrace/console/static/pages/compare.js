@@ -17,7 +17,10 @@ export async function render(view) {
   async function run() {
     const values = Object.fromEntries(new FormData(form));
     setQuery(values);
-    if (!values.a || !values.b) return;
+    if (!values.a || !values.b) {
+      view.dataset.ready = "true";
+      return;
+    }
     out.replaceChildren(el("p", { class: "muted" }, "Comparing…"));
     try {
       const body = await get("/meshtrace/v1/compare", values);

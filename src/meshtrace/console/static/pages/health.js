@@ -29,6 +29,7 @@ export async function render(view) {
       windowSelect(lookback, (e) => rerender({ lookback: e.target.value }))));
   if (!service) {
     view.append(el("p", { class: "muted" }, "No services yet."));
+    view.dataset.ready = "true";
     return;
   }
   view.append(el("section", { class: "card" }, el("h2", {}, service), await redCharts(service, lookback)));

@@ -39,6 +39,7 @@ export async function render(view) {
         "≥1% errors ", el("span", { class: "dot-bad" }), "≥5% errors")));
   if (!graph.edges.length) {
     view.append(el("p", { class: "muted" }, "No calls in this window."));
+    view.dataset.ready = "true";
     return;
   }
   const g = layout(graph);

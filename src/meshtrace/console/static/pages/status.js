@@ -13,7 +13,7 @@ export async function render(view) {
     const rate = (k) => (previous && dt > 0 ? ((s.ingest[k] - previous.ingest[k]) / dt).toFixed(1) : "–");
     previous = s;
     box.replaceChildren(
-      el("p", { class: s.ready ? "ok" : "error", "data-ready": s.ready }, s.ready ? "Ready" : `Not ready: ${s.problems.join("; ")}`),
+      el("p", { class: s.ready ? "ok" : "error", "data-ready": String(s.ready) }, s.ready ? "Ready" : `Not ready: ${s.problems.join("; ")}`),
       el("section", { class: "card" }, el("h2", {}, `Ingest for tenant ${s.tenant} (since the backend started)`),
         el("table", { class: "results" }, el("tr", {}, ["", "spans", "per second now"].map((h) => el("th", {}, h))),
           ["received", "accepted", "rejected", "stored"].map((k) => el("tr", { "data-key": k }, el("th", {}, k),

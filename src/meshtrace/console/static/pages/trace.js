@@ -62,10 +62,8 @@ function details(span, crit, self) {
 }
 
 export async function render(view, traceId) {
-  const [trace, analysis] = await Promise.all([
-    get(`/meshtrace/v1/traces/${traceId}`),
-    get(`/meshtrace/v1/traces/${traceId}/analysis`),
-  ]);
+  const trace = await get(`/meshtrace/v1/traces/${traceId}`, { analysis: "true" });
+  const analysis = trace.analysis;
   const started = performance.now();
   const { order, byId, children } = buildTree(trace.spans);
   const t0 = BigInt(trace.startTimeUnixNano);

@@ -156,4 +156,5 @@ export async function render(view) {
     }
   }
   await run();
+  view.dataset.ready = "true";
 }
