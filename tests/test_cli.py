@@ -38,6 +38,7 @@ def test_version():
         (["--token", "missing-equals"], {}, "--token"),
         (["--token", "bad tenant=x"], {}, "tenant name 'bad tenant' is not allowed"),
         (["--store", "postgres://db"], {}, "unknown store URL scheme"),
+        (["--token", "a=b", "--admin-tenant", "nobody"], {}, "admin tenant 'nobody' has no token"),
     ],
 )
 def test_bad_settings_exit_2_and_name_the_source(args, env, says, tmp_path):

@@ -104,6 +104,13 @@ def serve(
             envvar="MESHTRACE_NO_AUTH",
         ),
     ] = False,
+    admin_tenant: Annotated[
+        str | None,
+        typer.Option(
+            help="A tenant whose token also sees every tenant's ingest counts on the console's status page.",
+            envvar="MESHTRACE_ADMIN_TENANT",
+        ),
+    ] = None,
     retention: Annotated[
         str, typer.Option(help="Keep spans this long (7d, 48h).", envvar="MESHTRACE_RETENTION")
     ] = "7d",
@@ -174,6 +181,7 @@ def serve(
         "store": store,
         "tokens_file": tokens_file,
         "no_auth": no_auth,
+        "admin_tenant": admin_tenant,
         "retention": retention,
         "max_body": max_body,
         "wal": wal,

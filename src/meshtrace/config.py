@@ -47,6 +47,7 @@ class ServeConfig(BaseModel):
     tokens: dict[str, list[str]] = Field(default_factory=dict)
     tokens_file: str | None = None
     no_auth: bool = False
+    admin_tenant: str | None = None
     retention: str = "7d"
     max_body: str = "16MiB"
     wal: bool = True

@@ -67,6 +67,12 @@ class Backend:
         self.config = config
         self.metrics = Metrics()
         self.auth = TokenAuth(tokens, enabled=not config.no_auth)
+        if config.admin_tenant and config.admin_tenant not in self.auth.tenants:
+            raise ConfigError(
+                f"admin tenant {config.admin_tenant!r} has no token",
+                path="admin_tenant",
+                fix=f"give it one with --token {config.admin_tenant}=TOKEN, or name a tenant that has one",
+            )
         self.store: Store | None = None
         self._grpc: grpc.aio.Server | None = None
         self._servers: list[RunningHttp] = []
@@ -106,6 +112,7 @@ class Backend:
                 "lastError": writer.stats.last_error,
             },
             "serviceGraph": {"windows": graph.windows, "lastError": graph.last_error},
+            "tenants": self._tenants(ingest) if tenant == self.config.admin_tenant else None,
             "rejections": [
                 {
                     "time": str(r.time_ns),
@@ -118,6 +125,12 @@ class Backend:
                 for r in ingest.recent_rejections(tenant)
             ],
         }
+
+    def _tenants(self, ingest: IngestService) -> list[dict[str, Any]]:
+        """Every tenant's ingest counts since start: what the admin tenant's status page lists."""
+        names = sorted(set(self.auth.tenants) | set(ingest.totals) | set(self._stored))
+        empty = {"received": 0, "accepted": 0, "rejected": 0}
+        return [{"tenant": n, **ingest.totals.get(n, empty), "stored": self._stored.get(n, 0)} for n in names]
 
     def readiness(self) -> list[str]:
         problems = []

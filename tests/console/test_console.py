@@ -20,7 +20,9 @@ LARGE = 10_000
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("console"), *token_args(), "--graph-wait", "1s").start()
+    proc = ServerProcess(
+        tmp_path_factory.mktemp("console"), *token_args(), "--graph-wait", "1s", "--admin-tenant", "acme"
+    ).start()
     yield proc
     proc.stop()
 
@@ -173,6 +175,7 @@ def test_service_map_matches_the_data(open_page: Callable[..., Page], demo: Demo
     expect(page.locator(".map-side .examples li").first).to_be_visible()
     page.locator("g.edge[data-source='reviews.default'][data-target='ratings.default']").click()
     expect(page.locator(".map-side h2")).to_have_text("reviews.default → ratings.default")
+    expect(page.locator(".map-side .charts[data-edge='reviews.default→ratings.default'] canvas")).to_have_count(3)
 
 
 def test_health_charts_render(open_page: Callable[..., Page], demo: Demo) -> None:
@@ -242,6 +245,11 @@ def test_status_lists_rejected_spans(open_page: Callable[..., Page], server: Ser
     expect(page.locator("p.ok[data-ready=true]")).to_have_text("Ready")
     expect(page.locator("table.rejections tr").nth(1)).to_contain_text("otlp_http")
     assert int(page.locator("tr[data-key=rejected] td").first.inner_text()) >= 1
+    # acme is the admin tenant: it sees every tenant's counts; beta does not.
+    expect(page.locator("table.tenants tr[data-tenant=beta]")).to_be_visible()
+    beta = open_page("/console/status", TOKENS["beta"])
+    _ready(beta)
+    expect(beta.locator("table.tenants")).to_have_count(0)
 
 
 def test_console_without_auth_needs_no_sign_in(tmp_path: Path, browser: Any) -> None:

@@ -295,3 +295,26 @@ def test_bad_windows_are_refused(server: ServerProcess, tmp_path: Path) -> None:
     response = server.api().get("/meshtrace/v1/servicegraph", params={"start": "2", "end": "1"})
     assert response.status_code == 400
     assert "end must be after start" in response.json()["error"]["message"]
+
+
+def test_one_edge_over_time(server: ServerProcess, sent: Sent) -> None:
+    pairs = _by_pair(sent.edges())
+    api = server.api()
+    body = api.get(
+        "/meshtrace/v1/servicegraph/edge",
+        params={"client": "productpage.default", "server": "reviews.default", "lookback": "1h", "step": "5m"},
+    ).json()
+    [series] = body["series"]
+    assert sum(p["calls"] for p in series["points"]) == pairs[("productpage.default", "reviews.default")][0]
+    unreached = api.get(
+        "/meshtrace/v1/servicegraph/edge",
+        params={
+            "client": "productpage.default",
+            "server": "details.default",
+            "connection": "virtual_node",
+            "lookback": "1h",
+        },
+    ).json()
+    points = unreached["series"][0]["points"]
+    assert sum(p["calls"] for p in points) == pairs[("productpage.default", "details.default (unreached)")][0]
+    assert all(p["failed"] == p["calls"] for p in points)

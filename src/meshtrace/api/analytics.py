@@ -1,6 +1,7 @@
 """meshtrace's analytics routes (``/meshtrace/v1``): service graph, health, bottlenecks, failures.
 
 - ``GET /servicegraph?start=&end=|lookback=`` → ``{"nodes", "edges"}`` (Istio-aware, see ``graph_view``)
+- ``GET /servicegraph/edge?client=&server=&connection=&step=`` → one edge's calls, failures, client latency per step
 - ``GET /red?service=&operation=&kind=server&step=60s&byOperation=false`` → per-step rate, error
   rate and latency percentiles per service (or operation)
 - ``GET /impact?service=&kind=`` → operations ranked by latency × rate
@@ -66,6 +67,24 @@ async def servicegraph(
     request: Request, tenant: Tenant, start: str | None = None, end: str | None = None, lookback: str | None = None
 ) -> JSONResponse:
     return JSONResponse(await _insights(request).service_graph(tenant, time_window(start, end, lookback)))
+
+
+@router.get("/servicegraph/edge", summary="Rate, failures and client latency of one call edge per step")
+async def servicegraph_edge(
+    request: Request,
+    tenant: Tenant,
+    client: str,
+    server: str,
+    connection: Annotated[str | None, Query(description="'' or virtual_node; both when absent")] = None,
+    step: str = "60s",
+    start: str | None = None,
+    end: str | None = None,
+    lookback: str | None = None,
+) -> JSONResponse:
+    step_s = parse_duration_ns(step, name="step") // 1_000_000_000
+    window = time_window(start, end, lookback)
+    body = await _insights(request).edge_red(tenant, window, step_s, client, server, connection)
+    return JSONResponse(body)
 
 
 @router.get("/red", summary="Rate, errors and latency per step")

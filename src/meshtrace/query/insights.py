@@ -86,6 +86,24 @@ class Insights:
             ],
         }
 
+    async def edge_red(
+        self, tenant: str, time: TimeRange, step_s: int, client: str, server: str, connection: str | None
+    ) -> dict[str, Any]:
+        series = await self.query.run(self.reader.edge_series, tenant, time, step_s, client, server, connection)
+        step = max(60, step_s // 60 * 60)
+        return {
+            "step": step,
+            "series": [
+                {
+                    **series.labels,
+                    "points": [
+                        {"time": p.time_s, **red_fields(p.calls, p.errors, step, p.histogram, errors_key="failed")}
+                        for p in series.points
+                    ],
+                }
+            ],
+        }
+
     async def reader_red(
         self, tenant: str, time: TimeRange, *, services: list[str], kind: str | None, by_operation: bool
     ) -> list[Series]:

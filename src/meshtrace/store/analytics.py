@@ -97,6 +97,32 @@ class AnalyticsReader:
         )
         return [(c, s, int(n)) for c, s, n in rows]
 
+    def edge_series(
+        self, tenant: str, time: TimeRange, step_s: int, client: str, server: str, connection: str | None = None
+    ) -> Series:
+        """Calls, failures and client latency of one edge per step (a multiple of 60 s); ``connection``
+        ("" or ``virtual_node``) tells a real destination from an unanswered one of the same name."""
+        step = max(60, step_s // 60 * 60)
+        rows = self._query(
+            f"""SELECT toUnixTimestamp(toStartOfInterval(Minute, toIntervalSecond({{step:UInt32}}),
+                    toDateTime({{m0:UInt32}}))) AS t,
+                sum(Calls), sum(Failed), sum(ClientNanos), sumMap(ClientHistogram)
+            FROM {self.schema.service_graph}
+            WHERE Tenant = {{tenant:String}} AND {_WINDOW} AND Client = {{client:String}} AND Server = {{server:String}}
+                AND ({{connection:Nullable(String)}} IS NULL OR ConnectionType = {{connection:Nullable(String)}})
+            GROUP BY t ORDER BY t""",
+            {
+                "tenant": tenant,
+                **minutes(time),
+                "step": step,
+                "client": client,
+                "server": server,
+                "connection": connection,
+            },
+        )
+        points = [SeriesPoint(int(t), int(n), int(f), int(ns), Histogram.from_sum_map(h)) for t, n, f, ns, h in rows]
+        return Series({"client": client, "server": server}, points)
+
     def graph_totals(self, tenant: str) -> list[GraphEdge]:
         """Every retained edge summed over all time: the counters the Prometheus series expose."""
         return self.edges(tenant, TimeRange(0, 2**62))

@@ -20,16 +20,29 @@ function chart(title, xs, series, unit) {
   return holder;
 }
 
+function threeCharts(points, owner, errorsKey) {
+  if (!points.length) return el("p", { class: "muted" }, "No calls in this window.");
+  const xs = points.map((p) => p.time);
+  return el("div", { class: "charts", ...owner },
+    chart("Requests / s", xs, [["rate", points.map((p) => p.rate)]], ""),
+    chart(errorsKey === "failed" ? "Failed" : "Errors", xs, [["error %", points.map((p) => 100 * p.errorRate)]], "%"),
+    chart("Latency", xs, ["p50", "p95", "p99"].map((k) => [k, points.map((p) => p.latencyMs[k])]), " ms"));
+}
+
 export async function redCharts(service, lookback, operation) {
   try {
     const body = await get("/meshtrace/v1/red", { service, operation, lookback, step: STEP[lookback] || "1m" });
-    const points = body.series[0]?.points || [];
-    if (!points.length) return el("p", { class: "muted" }, "No server-side calls in this window.");
-    const xs = points.map((p) => p.time);
-    return el("div", { class: "charts", "data-service": service },
-      chart("Requests / s", xs, [["rate", points.map((p) => p.rate)]], ""),
-      chart("Errors", xs, [["error %", points.map((p) => 100 * p.errorRate)]], "%"),
-      chart("Latency", xs, ["p50", "p95", "p99"].map((k) => [k, points.map((p) => p.latencyMs[k])]), " ms"));
+    return threeCharts(body.series[0]?.points || [], { "data-service": service }, "errors");
+  } catch (error) {
+    return errorBox(error);
+  }
+}
+
+// One call edge over time (client side): `connection` tells an unanswered destination from the real one.
+export async function edgeCharts(client, server, connection, lookback) {
+  try {
+    const body = await get("/meshtrace/v1/servicegraph/edge", { client, server, connection, lookback, step: STEP[lookback] || "1m" });
+    return threeCharts(body.series[0]?.points || [], { "data-edge": `${client}→${server}` }, "failed");
   } catch (error) {
     return errorBox(error);
   }

@@ -3,7 +3,7 @@
 import { get } from "../api.js";
 import dagre from "../vendor/dagre.esm.js";
 import { el, errorBox, ms, percent, query, setQuery, svg, windowSelect } from "../util.js";
-import { redCharts, traceList } from "./charts.js";
+import { edgeCharts, redCharts, traceList } from "./charts.js";
 
 function health(errorRate) {
   return errorRate >= 0.05 ? "bad" : errorRate >= 0.01 ? "warn" : "good";
@@ -67,6 +67,8 @@ export async function render(view) {
         Object.entries(e.responseFlags).map(([f, n]) => el("tr", {}, el("th", {}, `response flags ${f}`), el("td", {}, n)))),
       el("table", { class: "results" }, el("tr", {}, el("th", {}, "from version"), el("th", {}, "to version"), el("th", {}, "calls"), el("th", {}, "failed")),
         e.versions.map((v) => el("tr", {}, el("td", {}, v.sourceVersion || "–"), el("td", {}, v.targetVersion || "–"), el("td", { class: "num" }, v.calls), el("td", { class: "num" }, v.failed)))));
+    const virtual = source.type === "user" || source.type === "unknown" || target.type === "unreached" || target.type === "external";
+    panel.append(await edgeCharts(source.name, target.name, virtual ? "virtual_node" : "", lookback));
     if (source.type === "service" || source.type === "gateway") {
       const q2 = `{ resource.service.name = "${source.name}" && kind = client } > { resource.service.name = "${target.name}" }`;
       panel.append(await traceList({ q: q2, lookback, limit: 5 }));
