@@ -7,10 +7,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from meshtrace.testing.console import Demo, fill, launch, post
+from meshtrace.testing.bookinfo import export_request
+from meshtrace.testing.console import Demo, big_mesh, fill, launch, post
 from meshtrace.testing.contract import Fixture, reference_edges
 from meshtrace.testing.server import ServerProcess
 from tests.e2e.conftest import TOKENS, token_args, wait_until
@@ -120,7 +122,7 @@ def test_trace_view_shows_spans_critical_path_and_root_cause(open_page: Callable
 
 
 def _expected_pairs(demo: Demo) -> dict[tuple[str, str], int]:
-    fixtures = [Fixture(t.hex_id, _request(t), t.hex_id) for t in demo.traces]
+    fixtures = [Fixture(t.hex_id, export_request([t]), t.hex_id) for t in demo.traces]
     pairs: dict[tuple[str, str], int] = {}
     for (client, srv, _, _, ctype, flags), (calls, _) in reference_edges(fixtures).items():
         target = (
@@ -128,12 +130,6 @@ def _expected_pairs(demo: Demo) -> dict[tuple[str, str], int]:
         )
         pairs[(client, target)] = pairs.get((client, target), 0) + calls
     return pairs
-
-
-def _request(trace: Any) -> Any:
-    from meshtrace.testing.bookinfo import export_request
-
-    return export_request([trace])
 
 
 def test_service_map_matches_the_data(open_page: Callable[..., Page], demo: Demo) -> None:
@@ -235,8 +231,6 @@ def test_tenants_see_only_their_own(open_page: Callable[..., Page], server: Serv
 
 
 def test_status_lists_rejected_spans(open_page: Callable[..., Page], server: ServerProcess, demo: Demo) -> None:
-    from meshtrace.testing.bookinfo import export_request
-
     bad = export_request([demo.traces[0]])
     bad.resource_spans[0].scope_spans[0].spans[0].trace_id = b"\x00" * 16  # an invalid trace id
     post(server, bad, TOKENS["acme"])
@@ -252,14 +246,30 @@ def test_status_lists_rejected_spans(open_page: Callable[..., Page], server: Ser
     expect(beta.locator("table.tenants")).to_have_count(0)
 
 
-def test_console_without_auth_needs_no_sign_in(tmp_path: Path, browser: Any) -> None:
-    proc = ServerProcess(tmp_path, "--no-auth").start()
+def test_console_without_auth_and_a_map_of_50_services(tmp_path: Path, browser: Any) -> None:
+    proc = ServerProcess(tmp_path, "--no-auth", "--graph-wait", "1s").start()
     try:
-        page = browser.new_page()
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.goto(proc.http + "/")
         expect(page.locator("[data-count]")).to_have_text("0 traces", timeout=30_000)
-        assert page.url.endswith("/console/traces?lookback=1h") or "/console/traces" in page.url
+        assert "/console/traces" in page.url
         assert not page.locator("#signin").is_visible()
+        traces = big_mesh(60, 300)
+        for i in range(0, len(traces), 100):
+            post(proc, export_request(traces[i : i + 100]), None)
+
+        def counted() -> bool:
+            graph = httpx.get(f"{proc.http}/meshtrace/v1/servicegraph", timeout=30).json()
+            return sum(e["calls"] for e in graph["edges"] if e["source"] == "user") == len(traces)
+
+        wait_until(counted, timeout=90)
+        page.goto(proc.http + "/console/map")
+        expect(page.locator("section.page[data-ready=true]")).to_have_count(1, timeout=30_000)
+        nodes = page.locator("g.node")
+        assert nodes.count() >= 50
+        # Drawn at 60% or more of its size: names stay legible (the card scrolls instead).
+        scale = page.locator("svg.map").evaluate("m => m.getBoundingClientRect().width / m.viewBox.baseVal.width")
+        assert scale >= 0.6
         page.close()
     finally:
         proc.stop()

@@ -13,7 +13,16 @@ import httpx
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from meshtrace.testing.bookinfo import BookinfoTrace, bookinfo_trace, export_request, traffic
+from meshtrace.testing.bookinfo import (
+    GATEWAY,
+    MS,
+    NAMESPACE,
+    BookinfoTrace,
+    TraceBuilder,
+    bookinfo_trace,
+    export_request,
+    traffic,
+)
 from meshtrace.testing.server import ServerProcess
 
 CHROMIUM = "/usr/bin/chromium"
@@ -74,6 +83,39 @@ def large_trace(spans: int, seed: int = 99) -> tuple[str, ExportTraceServiceRequ
         span.attributes.add(key="i").value.string_value = str(i)
         made.append(span)
     return trace_id.hex(), request
+
+
+def big_mesh(services: int = 60, traces: int = 300, seed: int = 12) -> list[BookinfoTrace]:
+    """Istio-shaped traces through a mesh of ``services`` services in layers of 8, each service calling a
+    fixed one to three services of the next layer (as real services have fixed dependencies); requests
+    enter through the ingress gateway at a random first-layer service."""
+    rng = random.Random(seed)
+    names = [f"svc-{i:02d}" for i in range(services)]
+    layers = [names[i : i + 8] for i in range(0, services, 8)]
+    calls = {
+        name: rng.sample(layers[d + 1], min(len(layers[d + 1]), rng.choice((1, 2, 2, 3))))
+        for d in range(len(layers) - 1)
+        for name in layers[d]
+    }
+    start = time.time_ns() - 10 * 60 * S
+    out = []
+    for n in range(traces):
+        b = TraceBuilder(rng, start + n * S)
+        t0 = b.start_ns
+        attrs = {"http.status_code": "200", "response_flags": "-"}
+        root = b._span(GATEWAY, "latest", Span.SPAN_KIND_SERVER, "ingress", None, t0, 50 * MS, attrs)
+        todo = [(GATEWAY, "latest", root, rng.choice(layers[0]), t0 + MS, 45 * MS)]
+        while todo:
+            caller, version, parent, callee, begin, budget = todo.pop()
+            status = 503 if rng.random() < 0.01 else 200
+            server = b.hop(caller, version, parent, callee, "v1", "/", begin, budget, status_code=status)
+            if server is None:
+                continue
+            for callee_next in calls.get(callee, []):
+                if rng.random() < 0.7:
+                    todo.append((f"{callee}.{NAMESPACE}", "v1", server, callee_next, begin + MS, budget // 2))
+        out.append(b.trace)
+    return out
 
 
 def fill(

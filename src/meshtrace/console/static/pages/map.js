@@ -14,7 +14,11 @@ function nodeLabel(n) {
 }
 
 
+// Past this many calls, edge labels would crowd the layout: they move into tooltips (and the side panel).
+const LABELLED_EDGES = 40;
+
 function layout(graph) {
+  const labelled = graph.edges.length <= LABELLED_EDGES;
   const g = new dagre.graphlib.Graph({ multigraph: false });
   g.setGraph({ rankdir: "TB", nodesep: 40, ranksep: 60, edgesep: 20, marginx: 16, marginy: 16 });
   g.setDefaultEdgeLabel(() => ({}));
@@ -23,7 +27,9 @@ function layout(graph) {
     const height = n.versions.length > 1 ? 62 : 40;
     g.setNode(n.id, { width, height });
   }
-  for (const e of graph.edges) g.setEdge(e.source, e.target, { width: 190, height: 16, labelpos: "c" });
+  for (const e of graph.edges) {
+    g.setEdge(e.source, e.target, labelled ? { width: 190, height: 16, labelpos: "c" } : { width: 0, height: 0 });
+  }
   dagre.layout(g);
   return g;
 }
@@ -80,13 +86,13 @@ export async function render(view) {
     const d = points.map((p, i) => `${i ? "L" : "M"}${p.x},${p.y}`).join(" ");
     const mid = points[Math.floor(points.length / 2)];
     const label = g.edge(e.source, e.target);
+    const text = `${e.rate >= 0.1 ? e.rate.toFixed(1) : e.rate.toFixed(3)}/s · ${percent(e.errorRate)} · p95 ${ms(e.clientLatencyMs.p95)}`;
     return svg("g", { class: `edge ${health(e.errorRate)}`, tabindex: 0, role: "button", "data-source": e.source,
       "data-target": e.target, "data-calls": e.calls, onclick: () => showEdge(e),
       onkeydown: (ev) => { if (ev.key === "Enter") showEdge(e); } },
     svg("path", { d, "marker-end": "url(#arrow)" }),
-    svg("text", { x: label.x ?? mid.x, y: (label.y ?? mid.y) + 4, "text-anchor": "middle" },
-      `${e.rate >= 0.1 ? e.rate.toFixed(1) : e.rate.toFixed(3)}/s · ${percent(e.errorRate)} · p95 ${ms(e.clientLatencyMs.p95)}`),
-    svg("title", {}, `${e.calls} calls, ${e.failed} failed`));
+    graph.edges.length <= LABELLED_EDGES ? svg("text", { x: label.x ?? mid.x, y: (label.y ?? mid.y) + 4, "text-anchor": "middle" }, text) : null,
+    svg("title", {}, `${e.source} → ${e.target}: ${text}; ${e.calls} calls, ${e.failed} failed`));
   });
   const nodeShapes = graph.nodes.map((n) => {
     const box = g.node(n.id);
@@ -139,8 +145,13 @@ export async function render(view) {
     apply();
   });
   map.addEventListener("pointerup", () => { drag = null; });
-  view.append(el("div", { class: "map-layout" }, el("div", { class: "card map-card" }, map), panel),
+  const card = el("div", { class: "card map-card" }, map);
+  view.append(el("div", { class: "map-layout" }, card, panel),
     el("p", { class: "muted" }, `${graph.nodes.length} nodes, ${graph.edges.length} edges over ${seconds} s; computed at ingest.`));
+  // Fit the map to its card, but never below 60% (text stays legible); larger maps scroll and zoom.
+  const room = card.clientWidth - 24;
+  if (width > room) map.setAttribute("width", String(Math.max(room, Math.ceil(width * 0.6))));
+  map.setAttribute("height", String(Math.ceil((Number(map.getAttribute("width")) / width) * height)));
   view.dataset.ready = "true";
   void errorBox;
 }
