@@ -139,11 +139,12 @@ export async function render(view, traceId) {
     body.scrollTop = fraction * visible.length * ROW - body.clientHeight / 2;
   });
 
-  // The duration sits right of the bar, or left of it when the bar ends near the right edge.
+  // The duration sits right of the bar, or inside its end when the bar reaches the right edge.
   const durationLabel = (start, dur) => {
     const end = (start + dur) / total;
-    return el("span", { class: "dur", style: end < 0.85 ? `left:${end * 100}%` : `right:${(1 - start / total) * 100}%` },
-      duration(dur));
+    return end < 0.85
+      ? el("span", { class: "dur", style: `left:${end * 100}%` }, duration(dur))
+      : el("span", { class: "dur inside", style: `right:${(1 - end) * 100 + 0.5}%` }, duration(dur));
   };
 
   const row = (s, index) => {
