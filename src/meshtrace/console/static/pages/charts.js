@@ -11,7 +11,8 @@ function chart(title, xs, series, unit) {
   const colors = ["#0072B2", "#E69F00", "#D55E00"];
   const opts = {
     title, width: 420, height: 160,
-    axes: [{ stroke: css.getPropertyValue("--fg") }, { stroke: css.getPropertyValue("--fg"), values: (u, vals) => vals.map((v) => `${v}${unit}`) }],
+    axes: [{ stroke: css.getPropertyValue("--fg") },
+      { stroke: css.getPropertyValue("--fg"), size: 64, values: (u, vals) => vals.map((v) => `${v}${unit}`) }],
     series: [{}, ...series.map(([label], i) => ({ label, stroke: colors[i % colors.length], width: 2, points: { show: xs.length < 3 } }))],
     legend: { show: true },
   };
