@@ -181,11 +181,19 @@ class ClickHouseReader:
         return self._spans(where)
 
     def get_trace(self, tenant: str, trace_id: str, time: TimeRange | None = None) -> Trace | None:
-        where = Conditions(tenant)
-        if time is not None:
-            where.time(time)
-        where.add("TraceId = {trace_id:String}", trace_id=trace_id)
-        spans = self._located(where, [trace_id])
+        def where() -> Conditions:
+            conditions = Conditions(tenant)
+            if time is not None:
+                conditions.time(time)
+            conditions.add("TraceId = {trace_id:String}", trace_id=trace_id)
+            return conditions
+
+        spans = self._located(where(), [trace_id])
+        if not spans:
+            # The lookup table is written after the span table within one insert: spans can be readable a
+            # moment before their location is. A miss is confirmed on the span table itself (its trace-id
+            # bloom filter keeps that to a few granules), so nothing acknowledged and counted is a 404.
+            spans = self._spans(where())
         return Trace(trace_id, spans) if spans else None
 
     def find_trace_ids(self, query: TraceQuery) -> list[TraceSummary]:
