@@ -299,7 +299,9 @@ def version() -> None:
 
 
 def main() -> None:
+    from meshtrace.doctor.cli import register as register_doctor
     from meshtrace.mesh.cli import register
 
     register(app)
+    register_doctor(app)
     app()

@@ -240,6 +240,12 @@ class ClickHouseReader:
         by_trace: dict[str, list[Span]] = {tid: [] for tid in trace_ids}
         for span in self._located(Conditions(tenant), trace_ids):
             by_trace[span.trace_id].append(span)
+        unlocated = [tid for tid, spans in by_trace.items() if not spans]
+        if unlocated:  # found by a search a moment before the lookup table has them (see ``get_trace``)
+            where = Conditions(tenant)
+            where.add("TraceId IN {unlocated:Array(String)}", unlocated=unlocated)
+            for span in self._spans(where):
+                by_trace[span.trace_id].append(span)
         return [Trace(tid, spans) for tid, spans in by_trace.items() if spans]
 
     def traceql_candidates(

@@ -1,0 +1,579 @@
+"""The static checks: Istio's mesh config and Telemetry, the Collector's config and Kubernetes objects, as
+files, against every cause of "no traces" the reference lists (istio-tracing-spec §6).
+
+Each check adds findings to the report; none raises on bad input (a config istiod or the Collector would
+reject is itself a finding).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from meshtrace.doctor.findings import Report
+from meshtrace.doctor.inputs import Doc
+from meshtrace.errors import ConfigError
+
+ROOT_NAMESPACE = "istio-system"
+PLACEHOLDER = re.compile(r"<[^<>\s]+>")
+_OTEL_IMAGE = re.compile(r"opentelemetry-collector(?:-contrib|-k8s)?:v?(\d+)\.(\d+)")
+
+
+@dataclass(slots=True)
+class Mesh:
+    """One mesh config found: an IstioOperator's ``spec.meshConfig`` or the ``istio`` ConfigMap's ``mesh``."""
+
+    doc: Doc
+    config: dict[str, Any]
+    prefix: str  # the path of meshConfig inside the document
+
+    def at(self, path: str) -> str:
+        return self.doc.at(f"{self.prefix}.{path}" if path else self.prefix)
+
+    @property
+    def providers(self) -> list[dict[str, Any]]:
+        raw = self.config.get("extensionProviders") or []
+        return [p for p in raw if isinstance(p, dict)] if isinstance(raw, list) else []
+
+    def provider(self, name: str) -> tuple[int, dict[str, Any]] | None:
+        """Telemetry looks names up case-insensitively (``strings.EqualFold``)."""
+        for i, p in enumerate(self.providers):
+            if str(p.get("name", "")).lower() == name.lower():
+                return i, p
+        return None
+
+    @property
+    def default_tracing(self) -> list[str]:
+        defaults = self.config.get("defaultProviders") or {}
+        tracing = defaults.get("tracing") if isinstance(defaults, dict) else None
+        return [str(n) for n in tracing] if isinstance(tracing, list) else []
+
+
+@dataclass(slots=True)
+class Collector:
+    doc: Doc
+    key: str
+    config: dict[str, Any]
+
+    def at(self, path: str) -> str:
+        return self.doc.at(f"data.{self.key} → {path}" if path else f"data.{self.key}")
+
+
+@dataclass(slots=True)
+class Context:
+    docs: list[Doc]
+    placeholders: dict[str, str] = field(default_factory=dict)
+    meshes: list[Mesh] = field(default_factory=list)
+    collectors: list[Collector] = field(default_factory=list)
+
+    def kind(self, *kinds: str) -> list[Doc]:
+        return [d for d in self.docs if d.kind in kinds]
+
+
+def _get(data: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key, data.get(re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), key)))
+    return data
+
+
+def context(docs: list[Doc], placeholders: dict[str, str] | None = None) -> Context:
+    ctx = Context(docs, dict(placeholders or {}))
+    for doc in ctx.kind("IstioOperator"):
+        ctx.meshes.append(Mesh(doc, _get(doc.body, "spec", "meshConfig") or {}, "spec.meshConfig"))
+    for doc in ctx.kind("ConfigMap"):
+        raw = doc.body.get("data")
+        data: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        istio = doc.name == "istio" or (doc.name.startswith("istio-") and doc.namespace == ROOT_NAMESPACE)
+        if istio and "mesh" in data:
+            try:
+                mesh = yaml.safe_load(str(data["mesh"])) or {}
+            except yaml.YAMLError:
+                mesh = {}
+            ctx.meshes.append(Mesh(doc, mesh if isinstance(mesh, dict) else {}, "data.mesh"))
+            continue
+        for key, value in data.items():
+            try:
+                parsed = yaml.safe_load(str(value)) if isinstance(value, str) else None
+            except yaml.YAMLError:
+                continue
+            if isinstance(parsed, dict) and "receivers" in parsed and "service" in parsed:
+                ctx.collectors.append(Collector(doc, str(key), parsed))
+    return ctx
+
+
+def _fill(text: str, ctx: Context) -> str:
+    for placeholder, value in ctx.placeholders.items():
+        text = text.replace(placeholder, value)
+    return text
+
+
+# -- Istio ----------------------------------------------------------------------------------------
+
+
+def check_mesh(ctx: Context, report: Report) -> None:
+    from meshtrace.mesh.istio.fields import Fields
+    from meshtrace.mesh.istio.meshconfig import parse_mesh
+    from meshtrace.mesh.resources import ResourceError, Source
+
+    if not ctx.meshes:
+        report.warn(
+            "mesh-config-missing",
+            "no IstioOperator or istio ConfigMap given: provider checks skipped",
+            why="the extension providers live in the mesh config; without it the Telemetry cannot be checked",
+            fix="kubectl get cm istio -n istio-system -o yaml > mesh.yaml   # then add -f mesh.yaml",
+        )
+        return
+    for mesh in ctx.meshes:
+        try:
+            parse_mesh(Fields(mesh.config, mesh.prefix, Source(mesh.doc.file, mesh.doc.number), mesh.doc.kind))
+        except ResourceError as exc:
+            if not PLACEHOLDER.search(str(exc)):
+                report.fail(
+                    "mesh-config-invalid",
+                    f"istiod rejects the mesh config: {exc.message}",
+                    where=mesh.doc.at(exc.path),
+                    why="an invalid meshConfig is not applied at all",
+                    fix=exc.fix,
+                )
+        if not mesh.providers:
+            report.fail(
+                "extension-providers-missing",
+                "the mesh config has no extensionProviders",
+                where=mesh.at("extensionProviders"),
+                why="no tracer can be configured without a provider",
+                fix="meshConfig:\n  extensionProviders:\n  - name: otel-tracing\n    opentelemetry:\n"
+                "      service: opentelemetry-collector.observability.svc.cluster.local\n      port: 4317",
+            )
+            continue
+        names = ", ".join(str(p.get("name")) for p in mesh.providers)
+        report.ok("extension-providers", f"extensionProviders: {names}", mesh.at("extensionProviders"))
+        for i, provider in enumerate(mesh.providers):
+            _check_provider(ctx, report, mesh, i, provider)
+
+
+def _check_provider(ctx: Context, report: Report, mesh: Mesh, i: int, provider: dict[str, Any]) -> None:
+    path = f"extensionProviders[{i}]"
+    otel, zipkin = provider.get("opentelemetry"), provider.get("zipkin")
+    body = otel if isinstance(otel, dict) else zipkin if isinstance(zipkin, dict) else None
+    if body is None:
+        return
+    kind = "opentelemetry" if body is otel else "zipkin"
+    service = _fill(str(body.get("service") or ""), ctx)
+    if PLACEHOLDER.search(service):
+        report.fail(
+            "provider-placeholder",
+            f"provider {provider.get('name')!r}: service is still a placeholder ({service})",
+            where=mesh.at(f"{path}.{kind}.service"),
+            why="istiod cannot find that service: no tracer is configured",
+            fix=f"{kind}:\n  service: opentelemetry-collector.observability.svc.cluster.local",
+        )
+        return
+    port = body.get("port")
+    http = body.get("http")
+    if kind == "opentelemetry":
+        if port == 4317 and http is not None:
+            report.fail(
+                "provider-protocol",
+                f"provider {provider.get('name')!r}: an 'http' block on port 4317",
+                where=mesh.at(f"{path}.opentelemetry.http"),
+                why="with 'http' Envoy sends OTLP/HTTP, but 4317 is the Collector's gRPC port",
+                fix="opentelemetry:\n  port: 4318\n  http:\n    path: /v1/traces",
+            )
+        elif port == 4318 and http is None:
+            report.fail(
+                "provider-protocol",
+                f"provider {provider.get('name')!r}: port 4318 without an 'http' block",
+                where=mesh.at(f"{path}.opentelemetry.port"),
+                why="without 'http' Envoy speaks OTLP/gRPC, but 4318 is the Collector's OTLP/HTTP port",
+                fix="opentelemetry:\n  port: 4317      # or keep 4318 and add:  http: {path: /v1/traces}",
+            )
+        elif isinstance(http, dict) and str(http.get("path", "")).strip("/") not in ("v1/traces",):
+            report.warn(
+                "provider-http-path",
+                f"provider {provider.get('name')!r}: http.path is {http.get('path')!r}",
+                where=mesh.at(f"{path}.opentelemetry.http.path"),
+                why="the Collector's OTLP/HTTP receiver serves traces on /v1/traces",
+                fix="http:\n  path: /v1/traces",
+            )
+    _check_service(ctx, report, mesh, path, kind, str(provider.get("name")), service, port, http is not None)
+
+
+def _check_service(
+    ctx: Context, report: Report, mesh: Mesh, path: str, kind: str, name: str, service: str, port: Any, http: bool
+) -> None:
+    services = ctx.kind("Service")
+    if not services:
+        return
+    where = mesh.at(f"{path}.{kind}.service")
+    if "/" in service:
+        namespace, host = service.split("/", 1)
+        short = host.split(".")[0]
+        matches = [s for s in services if s.name == short and s.namespace == namespace]
+    else:
+        labels = service.split(".")
+        short = labels[0]
+        if len(labels) >= 2 and ".svc." in f"{service}.":
+            matches = [s for s in services if s.name == short and s.namespace == labels[1]]
+        else:
+            matches = [s for s in services if s.name == short]
+            if len({s.namespace for s in matches}) > 1:
+                spaces = ", ".join(sorted({s.namespace for s in matches}))
+                report.fail(
+                    "provider-service-ambiguous",
+                    f"provider {name!r}: service {service!r} exists in {spaces}",
+                    where=where,
+                    why="istiod: 'found in multiple namespaces'; the provider is not configured",
+                    fix=f"service: {matches[0].namespace}/{service}   # or the full name.namespace.svc.cluster.local",
+                )
+                return
+    if not matches:
+        known = ", ".join(sorted(f"{s.name}.{s.namespace}" for s in services))
+        report.fail(
+            "provider-service-missing",
+            f"provider {name!r}: no Service {service!r} among the files",
+            where=where,
+            why="istiod logs 'could not find service … in Istio service registry': no tracing",
+            fix=f"point 'service' at the Collector's Service (<name>.<namespace>.svc.cluster.local); given: {known}",
+        )
+        return
+    svc = matches[0]
+    ports = [p for p in svc.spec.get("ports") or [] if isinstance(p, dict)]
+    match = next((p for p in ports if p.get("port") == port), None)
+    if match is None:
+        have = ", ".join(str(p.get("port")) for p in ports)
+        report.fail(
+            "provider-port-missing",
+            f"provider {name!r}: Service {svc.name} has no port {port}",
+            where=where,
+            why="Envoy's cluster for the collector would have no endpoints on that port",
+            fix=f"use one of the Service's ports ({have}) or add port {port} to it",
+        )
+        return
+    if kind == "opentelemetry" and not http:
+        port_name = str(match.get("name") or "")
+        if not (port_name.startswith("grpc") or match.get("appProtocol") == "grpc"):
+            report.warn(
+                "collector-port-name",
+                f"Service {svc.name} port {port} is named {port_name or '(no name)'!r}",
+                where=svc.at(f"spec.ports[{ports.index(match)}].name"),
+                why="Istio treats an unnamed or non-grpc port as TCP/HTTP1; OTLP/gRPC needs HTTP/2",
+                fix=f"- name: grpc-otlp\n  port: {port}\n  appProtocol: grpc",
+            )
+            return
+    report.ok("provider-service", f"provider {name!r} → Service {svc.namespace}/{svc.name} port {port}", where)
+
+
+def check_telemetry(ctx: Context, report: Report) -> None:
+    telemetries = ctx.kind("Telemetry")
+    tracing_on = False
+    for mesh in ctx.meshes:
+        defaults = mesh.default_tracing
+        if defaults:
+            tracing_on = True
+            if mesh.provider(defaults[0]) is None:
+                report.fail(
+                    "provider-name",
+                    f"defaultProviders.tracing names {defaults[0]!r}, no extension provider",
+                    where=mesh.at("defaultProviders.tracing[0]"),
+                    why="the default tracing provider is nil: no spans",
+                    fix=f"defaultProviders:\n  tracing: [{_first_name(mesh)}]",
+                )
+    for doc in telemetries:
+        rules = doc.spec.get("tracing")
+        if not isinstance(rules, list):
+            continue
+        if doc.namespace != ROOT_NAMESPACE and not doc.spec.get("selector") and not doc.spec.get("targetRefs"):
+            report.warn(
+                "telemetry-scope",
+                f"Telemetry {doc.name} applies to namespace {doc.namespace} only",
+                where=doc.at("metadata.namespace"),
+                why="the ingress gateway (istio-system) and other namespaces get no spans from it",
+                fix=f"kubectl apply -n {ROOT_NAMESPACE} -f <this file>   # mesh-wide, as Istio recommends",
+            )
+        for i, rule in enumerate(rules):
+            if not isinstance(rule, dict):
+                continue
+            _check_rule(ctx, report, doc, i, rule)
+            if rule.get("providers"):
+                tracing_on = True
+    if not tracing_on:
+        report.fail(
+            "tracing-off",
+            "no Telemetry tracing provider and no defaultProviders.tracing",
+            why="Istio then configures no tracer (and since 1.22 no bootstrap tracer exists): tracing is silently off",
+            fix="apiVersion: telemetry.istio.io/v1\nkind: Telemetry\n"
+            "metadata: {name: mesh-default, namespace: istio-system}\n"
+            "spec:\n  tracing:\n  - providers: [{name: otel-tracing}]\n    randomSamplingPercentage: 100",
+        )
+    elif not report.of("tracing-off"):
+        report.ok("tracing-on", "tracing has a provider (Telemetry or defaultProviders)")
+
+
+def _first_name(mesh: Mesh) -> str:
+    return str(mesh.providers[0].get("name")) if mesh.providers else "otel-tracing"
+
+
+def _check_rule(ctx: Context, report: Report, doc: Doc, i: int, rule: dict[str, Any]) -> None:
+    path = f"spec.tracing[{i}]"
+    for j, provider in enumerate(rule.get("providers") or []):
+        name = str(provider.get("name", "")) if isinstance(provider, dict) else ""
+        for mesh in ctx.meshes:
+            found = mesh.provider(name)
+            if found is None:
+                names = ", ".join(str(p.get("name")) for p in mesh.providers) or "none"
+                report.fail(
+                    "provider-name",
+                    f"Telemetry {doc.name} names provider {name!r}, which the mesh does not define",
+                    where=doc.at(f"{path}.providers[{j}].name"),
+                    why="a provider name that matches no extensionProvider disables tracing, silently",
+                    fix=f"providers:\n- name: {mesh.providers[0].get('name') if mesh.providers else name}"
+                    f"   # extensionProviders: {names}",
+                )
+            elif found[1].get("name") != name:
+                report.ok(
+                    "provider-name",
+                    f"Telemetry {doc.name}: provider {name!r} matches "
+                    f"{found[1].get('name')!r} (Istio compares names case-insensitively)",
+                    doc.at(f"{path}.providers[{j}].name"),
+                )
+            else:
+                report.ok("provider-name", f"Telemetry {doc.name} → provider {name!r}")
+    sampling = rule.get("randomSamplingPercentage")
+    mesh_sampling = [_get(m.config, "defaultConfig", "tracing", "sampling") for m in ctx.meshes]
+    if sampling is None and not any(mesh_sampling):
+        report.warn(
+            "sampling-default",
+            f"Telemetry {doc.name}: no randomSamplingPercentage (the mesh default is 1%)",
+            where=doc.at(path),
+            why="99 of 100 requests leave no trace: a few test requests often show nothing",
+            fix="randomSamplingPercentage: 100",
+        )
+    elif sampling is not None and float(sampling) == 0:
+        report.fail(
+            "sampling-zero",
+            f"Telemetry {doc.name}: randomSamplingPercentage is 0",
+            where=doc.at(f"{path}.randomSamplingPercentage"),
+            why="no request is sampled",
+            fix="randomSamplingPercentage: 100",
+        )
+    if rule.get("disableSpanReporting") is True:
+        report.fail(
+            "span-reporting-disabled",
+            f"Telemetry {doc.name}: disableSpanReporting is true",
+            where=doc.at(f"{path}.disableSpanReporting"),
+            why="spans are created but never sent",
+            fix="disableSpanReporting: false",
+        )
+    mode = _get(rule, "match", "mode")
+    if mode in ("CLIENT", "SERVER"):
+        other = "server" if mode == "CLIENT" else "client"
+        report.warn(
+            "match-mode",
+            f"Telemetry {doc.name}: match.mode {mode} leaves {other} spans out",
+            where=doc.at(f"{path}.match.mode"),
+            why=f"only {mode.lower()} sides report: each hop shows one span, and gateways use the client side",
+            fix="match:\n  mode: CLIENT_AND_SERVER",
+        )
+
+
+# -- the Collector --------------------------------------------------------------------------------
+
+
+def _image_version(ctx: Context) -> tuple[int, int] | None:
+    versions = []
+    for doc in ctx.kind("Deployment", "DaemonSet", "StatefulSet", "Pod"):
+        spec = _get(doc.spec, "template", "spec") if doc.kind != "Pod" else doc.spec
+        for container in (spec or {}).get("containers") or []:
+            match = _OTEL_IMAGE.search(str(container.get("image", "")))
+            if match:
+                versions.append((int(match.group(1)), int(match.group(2))))
+    return min(versions) if versions else None
+
+
+def _public(host: str) -> bool:
+    host = host.split(":")[0].strip("[]")
+    if host in ("localhost", "") or host.endswith((".svc", ".local", ".internal")) or ".svc." in host:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return "." in host
+    return not (address.is_private or address.is_loopback or address.is_link_local)
+
+
+def check_collectors(ctx: Context, report: Report) -> None:
+    from meshtrace.collector.config import build
+
+    version = _image_version(ctx)
+    transports = {
+        "http" if _get(p, "opentelemetry", "http") is not None else "grpc"
+        for m in ctx.meshes
+        for p in m.providers
+        if isinstance(p.get("opentelemetry"), dict)
+    }
+    for col in ctx.collectors:
+        try:
+            built = build(col.config)
+        except ConfigError as exc:
+            report.fail(
+                "collector-config-invalid",
+                f"the Collector rejects its config: {exc}",
+                where=col.at(""),
+                why="the Collector does not start",
+                fix=getattr(exc, "fix", ""),
+            )
+            continue
+        for warning in built.warnings:
+            if "has no endpoint" in warning:
+                continue  # judged below against the image version
+            report.warn(
+                "collector-deprecated",
+                warning,
+                where=col.at(".".join(warning.split(": ", 1)[0].split("::"))),
+                why="deprecated: newer Collector images refuse this config",
+                fix=_deprecation_fix(warning),
+            )
+        _check_receivers(report, col, transports, version)
+        _check_exporters(ctx, report, col)
+    for doc in ctx.kind("Service"):
+        for i, port in enumerate(doc.spec.get("ports") or []):
+            if isinstance(port, dict) and (port.get("port") == 55678 or "opencensus" in str(port.get("name", ""))):
+                report.warn(
+                    "collector-deprecated",
+                    f"Service {doc.name} exposes OpenCensus port {port.get('port')}",
+                    where=doc.at(f"spec.ports[{i}]"),
+                    why="the OpenCensus receiver was removed from the Collector; nothing listens there",
+                    fix="remove the port (Istio's OpenTelemetry provider uses 4317/4318)",
+                )
+
+
+def _deprecation_fix(warning: str) -> str:
+    if "'logging' exporter" in warning:
+        return "exporters:\n  debug:\n    verbosity: detailed   # and use 'debug' in the pipelines"
+    if "loglevel" in warning:
+        return "verbosity: detailed"
+    if "health_check" in warning:
+        return "extensions:\n  health_check:\n    endpoint: 0.0.0.0:13133"
+    return ""
+
+
+def _check_receivers(report: Report, col: Collector, transports: set[str], version: tuple[int, int] | None) -> None:
+    pipelines = _get(col.config, "service", "pipelines") or {}
+    traces = [p for name, p in pipelines.items() if str(name).split("/")[0] == "traces" and isinstance(p, dict)]
+    receivers = {str(r) for p in traces for r in p.get("receivers") or []}
+    otlp = [r for r in receivers if r.split("/")[0] == "otlp"]
+    if not otlp:
+        report.fail(
+            "collector-otlp-receiver",
+            "no otlp receiver in a traces pipeline",
+            where=col.at("service.pipelines"),
+            why="Istio's proxies export OTLP; nothing receives it",
+            fix="receivers:\n  otlp:\n    protocols:\n      grpc:\n"
+            "        endpoint: 0.0.0.0:4317\n      http:\n        endpoint: 0.0.0.0:4318",
+        )
+        return
+    for name in otlp:
+        protocols = _get(col.config, "receivers", name, "protocols") or {}
+        for transport in sorted(transports):
+            if transport not in protocols:
+                report.fail(
+                    "collector-protocol",
+                    f"receiver {name} has no {transport} protocol, which the mesh provider uses",
+                    where=col.at(f"receivers.{name}.protocols"),
+                    why=f"the proxies' OTLP/{transport} exports are refused",
+                    fix=f"protocols:\n  {transport}:\n    endpoint: 0.0.0.0:{4317 if transport == 'grpc' else 4318}",
+                )
+        for transport, settings in protocols.items():
+            endpoint = str((settings or {}).get("endpoint") or "") if isinstance(settings, dict | type(None)) else ""
+            where = col.at(f"receivers.{name}.protocols.{transport}.endpoint")
+            port = 4317 if transport == "grpc" else 4318
+            if endpoint.startswith(("localhost", "127.")):
+                report.fail(
+                    "collector-localhost",
+                    f"receiver {name} {transport} listens on {endpoint}",
+                    where=where,
+                    why="proxies in other pods cannot reach a loopback address",
+                    fix=f"endpoint: 0.0.0.0:{port}   # or ${{env:MY_POD_IP}}:{port}",
+                )
+            elif not endpoint and (version is None or version >= (0, 104)):
+                seen = f"image {version[0]}.{version[1]}" if version else "an image of unknown version"
+                report.fail(
+                    "collector-localhost",
+                    f"receiver {name} {transport} has no endpoint ({seen} listens on localhost)",
+                    where=where,
+                    why="since v0.104 the default is localhost: proxies in other pods cannot reach it",
+                    fix=f"endpoint: 0.0.0.0:{port}",
+                )
+            elif not endpoint and version is not None:
+                report.ok(
+                    "collector-receiver",
+                    f"receiver {name} {transport} on 0.0.0.0:{port} "
+                    f"(the default of image {version[0]}.{version[1]}; set it before upgrading past 0.104)",
+                    where,
+                )
+            else:
+                report.ok("collector-receiver", f"receiver {name} {transport} on {endpoint}", where)
+
+
+def _check_exporters(ctx: Context, report: Report, col: Collector) -> None:
+    exporters = col.config.get("exporters") or {}
+    for name, settings in exporters.items():
+        base = str(name).split("/")[0]
+        if base not in ("otlp", "otlphttp") or not isinstance(settings, dict):
+            continue
+        endpoint = _fill(str(settings.get("endpoint") or ""), ctx)
+        where = col.at(f"exporters.{name}.endpoint")
+        unset = not endpoint or bool(PLACEHOLDER.search(endpoint))
+        if unset:
+            report.fail(
+                "exporter-placeholder",
+                f"exporter {name}: endpoint is {endpoint or 'empty'!r}",
+                where=where,
+                why="the Collector cannot send anywhere: spans are dropped after retries",
+                fix=f"endpoint: <your backend>:4317   # or doctor --set '{endpoint}=host:port' to check the rest",
+            )
+        headers = {str(k): _fill(str(v), ctx) for k, v in (settings.get("headers") or {}).items()}
+        raw_tls = settings.get("tls")
+        tls: dict[str, Any] = raw_tls if isinstance(raw_tls, dict) else {}
+        host = re.sub(r"^[a-z]+://", "", endpoint)
+        if not unset and tls.get("insecure") is True and _public(host):
+            report.warn(
+                "exporter-insecure",
+                f"exporter {name}: tls.insecure towards public endpoint {host}",
+                where=col.at(f"exporters.{name}.tls.insecure"),
+                why="the token in the headers crosses the internet in clear text",
+                fix="tls:\n  insecure: false",
+            )
+        keys = {k.lower(): v for k, v in headers.items()}
+        token = keys.get("authentication") or (keys.get("authorization") or "")
+        if any(PLACEHOLDER.search(v) for v in headers.values()):
+            report.fail(
+                "exporter-token-placeholder",
+                f"exporter {name}: the token header is still a placeholder",
+                where=col.at(f"exporters.{name}.headers"),
+                why="the backend refuses the exports (401)",
+                fix="headers:\n  Authentication: <your token>",
+            )
+        elif not keys.get("authentication") and not (keys.get("authorization") or "").lower().startswith("bearer "):
+            named = ", ".join(headers) or "none"
+            report.fail(
+                "exporter-token-header",
+                f"exporter {name}: no 'Authentication' or 'Authorization: Bearer' header (headers: {named})",
+                where=col.at(f"exporters.{name}.headers"),
+                why="the backend reads the tenant's token from one of those two headers: exports get 401",
+                fix="headers:\n  Authentication: <token>",
+            )
+        elif token and not unset:
+            report.ok("exporter", f"exporter {name} → {host} with a token header", where)
+
+
+def run(ctx: Context, report: Report) -> None:
+    check_mesh(ctx, report)
+    check_telemetry(ctx, report)
+    check_collectors(ctx, report)
