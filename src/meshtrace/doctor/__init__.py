@@ -13,8 +13,10 @@ from meshtrace.doctor.inputs import Doc, load
 
 
 def diagnose(docs: list[Doc], placeholders: dict[str, str] | None = None) -> Report:
-    """Every static and cluster-dump check over the documents."""
+    """Every static and cluster-dump check over the documents (none when there are none)."""
     report = Report()
+    if not docs:
+        return report
     ctx = static.context(docs, placeholders)
     static.run(ctx, report)
     cluster.check_pods(ctx, report)

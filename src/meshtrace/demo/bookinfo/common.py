@@ -40,7 +40,12 @@ log = logging.getLogger("bookinfo")
 
 
 def forward_headers(request: Request, user: str | None = None) -> dict[str, str]:
-    """The headers a Bookinfo service copies from its incoming request onto each call it makes."""
+    """The headers a Bookinfo service copies from its incoming request onto each call it makes.
+
+    ``BOOKINFO_FORWARD_HEADERS=false`` in a container's environment makes it an app that forgets to: its
+    outbound calls then start traces of their own (what ``meshtrace doctor --live`` detects)."""
+    if os.environ.get("BOOKINFO_FORWARD_HEADERS", "true").lower() == "false":
+        return {"end-user": user} if user else {}
     headers = {name: request.headers[name] for name in FORWARDED if name in request.headers}
     if user:
         headers["end-user"] = user
