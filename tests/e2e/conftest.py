@@ -74,6 +74,14 @@ def servers() -> Iterator[Callable[..., ServerProcess]]:
 
 
 @pytest.fixture(scope="module")
+def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A backend for a module's mesh: tenants acme and beta, inserts every 50 ms."""
+    proc = ServerProcess(tmp_path_factory.mktemp("backend"), *token_args(), "--flush-interval", "50ms").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     proc = ServerProcess(tmp_path_factory.mktemp("server"), *token_args(), "--flush-interval", "50ms").start()
     yield proc

@@ -3,9 +3,38 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
-from tests.e2e.conftest import ServerProcess, wait_until
+import pytest
+
+from meshtrace.testing.mesh import MeshProcess
+from meshtrace.testing.server import ServerStartError
+from tests.e2e.conftest import TOKENS, ServerProcess, wait_until
+from tests.mesh.conftest import SEED
+
+
+def tutorial_mesh(directory: Path, backend: ServerProcess) -> MeshProcess:
+    """``meshtrace up`` with the seed's IstioOperator, tracing to ``backend`` (tenant acme), no requests."""
+    proc = MeshProcess(
+        directory,
+        "-f",
+        str(SEED / "istio-otel-config-tutorial.yaml"),
+        "--backend",
+        backend.grpc,
+        "--token",
+        TOKENS["acme"],
+        "--console",
+        backend.http,
+        "--requests",
+        "0",
+    )
+    try:
+        proc.start(timeout=120)
+    except ServerStartError as exc:
+        pytest.fail(str(exc))
+    return proc
+
 
 GW = "istio-ingressgateway.istio-system"
 PRODUCTPAGE = "productpage.default.svc.cluster.local:9080"

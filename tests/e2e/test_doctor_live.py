@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-from meshtrace.testing.mesh import MeshProcess
-from meshtrace.testing.server import ServerStartError
-from tests.e2e.conftest import TOKENS, ServerProcess, token_args, wait_until
+from tests.e2e.conftest import ServerProcess, wait_until
+from tests.e2e.mesh_helpers import tutorial_mesh
 from tests.mesh.conftest import SEED
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("backend"), *token_args(), "--flush-interval", "50ms").start()
-    yield proc
-    proc.stop()
 
 
 def _forgetful_reviews(target: Path) -> Path:
@@ -37,23 +28,7 @@ def _forgetful_reviews(target: Path) -> Path:
 
 
 def test_live_doctor_names_the_service_that_drops_headers(tmp_path: Path, backend: ServerProcess) -> None:
-    mesh = MeshProcess(
-        tmp_path / "mesh",
-        "-f",
-        str(SEED / "istio-otel-config-tutorial.yaml"),
-        "--backend",
-        backend.grpc,
-        "--token",
-        TOKENS["acme"],
-        "--console",
-        backend.http,
-        "--requests",
-        "0",
-    )
-    try:
-        mesh.start(timeout=120)
-    except ServerStartError as exc:
-        pytest.fail(str(exc))
+    mesh = tutorial_mesh(tmp_path / "mesh", backend)
     try:
         mesh.cli("create", "namespace", "observability")
         mesh.cli("apply", "-f", str(SEED / "otel.yaml"), "-n", "observability")

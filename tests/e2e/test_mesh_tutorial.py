@@ -18,8 +18,7 @@ import pytest
 import yaml
 
 from meshtrace.testing.mesh import MeshProcess
-from meshtrace.testing.server import ServerStartError
-from tests.e2e.conftest import TOKENS, ServerProcess, token_args, wait_until
+from tests.e2e.conftest import TOKENS, ServerProcess, wait_until
 from tests.e2e.mesh_helpers import (
     FULL_TREE,
     GW,
@@ -29,6 +28,7 @@ from tests.e2e.mesh_helpers import (
     shape,
     shifted,
     tags,
+    tutorial_mesh,
 )
 from tests.mesh.conftest import SEED
 
@@ -37,32 +37,8 @@ DEPLOYMENTS = ["details-v1", "ratings-v1", "reviews-v1", "reviews-v2", "reviews-
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path_factory.mktemp("backend"), *token_args(), "--flush-interval", "50ms").start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory, backend: ServerProcess) -> Iterator[MeshProcess]:
-    directory = tmp_path_factory.mktemp("mesh")
-    proc = MeshProcess(
-        directory,
-        "-f",
-        str(SEED / "istio-otel-config-tutorial.yaml"),
-        "--backend",
-        backend.grpc,
-        "--token",
-        TOKENS["acme"],
-        "--console",
-        backend.http,
-        "--requests",
-        "0",
-    )
-    try:
-        proc.start(timeout=120)
-    except ServerStartError as exc:
-        pytest.fail(str(exc))
+    proc = tutorial_mesh(tmp_path_factory.mktemp("mesh"), backend)
     proc.cli("create", "namespace", "observability")
     proc.cli("apply", "-f", str(SEED / "otel.yaml"), "-n", "observability")
     proc.cli("apply", "-f", str(SEED / "istio-telemetry.yaml"))
