@@ -46,6 +46,7 @@ def test_live_doctor_names_the_service_that_drops_headers(tmp_path: Path, backen
             by_check.setdefault(f["check"], []).append(f)
         assert [f["level"] for f in by_check["backend-token"]] == ["ok"]
         assert [f["level"] for f in by_check["collector-health"]] == ["ok"]
+        assert [f["level"] for f in by_check["collector-receives"]] == ["ok"], by_check["collector-receives"]
         assert by_check["probe-trace"][0]["level"] == "ok", findings
         [dropped] = by_check["headers-dropped"]
         assert dropped["level"] == "fail"

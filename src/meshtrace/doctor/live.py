@@ -28,13 +28,22 @@ def _collector_pods(api: str) -> list[dict[str, Any]]:
     return [p for p in pods if any("opentelemetry-collector" in str(c.get("image", "")) for c in p.get("details", []))]
 
 
-def _accepted(ip: str) -> float | None:
+def _accepted(api: str, pod: dict[str, Any]) -> tuple[str, float] | None:
+    """Spans the Collector took in so far: its otlp receiver counter on :8888 when it serves one, else the
+    ``Span #`` blocks its debug (``logging``) exporter printed, the guide's own first check."""
     try:
-        text = httpx.get(f"http://{ip}:8888/metrics", timeout=5, trust_env=False).text
+        text = httpx.get(f"http://{pod['ip']}:8888/metrics", timeout=5, trust_env=False).text
+        values = [float(v) for v in _ACCEPTED.findall(text)]
+        if values:
+            return "its otlp receiver", sum(values)
+    except httpx.HTTPError:
+        pass
+    try:
+        logs = httpx.get(f"{api}/logs/{pod['namespace']}/{pod['name']}", timeout=30, trust_env=False).text
     except httpx.HTTPError:
         return None
-    values = [float(v) for v in _ACCEPTED.findall(text)]
-    return sum(values) if values else None
+    count = sum(1 for line in logs.splitlines() if line.lstrip().startswith("Span #"))
+    return ("its debug exporter's log", float(count)) if count else None
 
 
 def check_live(mesh_dir: Path, report: Report, *, probes: int = 3, wait_s: float = 20.0) -> None:
@@ -68,7 +77,7 @@ def check_live(mesh_dir: Path, report: Report, *, probes: int = 3, wait_s: float
             return
         report.ok("backend-token", f"the backend at {console} accepts the token")
         collectors = _collector_pods(str(api))
-        before: dict[str, float | None] = {}
+        before: dict[str, tuple[str, float] | None] = {}
         for pod in collectors:
             where = f"pod {pod['namespace']}/{pod['name']}"
             try:
@@ -85,7 +94,7 @@ def check_live(mesh_dir: Path, report: Report, *, probes: int = 3, wait_s: float
                     why="the Collector is down or still starting: spans are lost",
                     fix=f"meshtrace logs {pod['name']} -n {pod['namespace']}",
                 )
-            before[where] = _accepted(str(pod["ip"]))
+            before[where] = _accepted(str(api), pod)
         if not collectors:
             report.warn(
                 "collector-health",
@@ -118,24 +127,30 @@ def check_live(mesh_dir: Path, report: Report, *, probes: int = 3, wait_s: float
         _check_traces(backend, report, request_ids, started, wait_s)
         for pod in collectors:
             where = f"pod {pod['namespace']}/{pod['name']}"
-            after = _accepted(str(pod["ip"]))
-            if before.get(where) is not None and after is not None:
-                if after > (before[where] or 0):
-                    report.ok(
-                        "collector-receives",
-                        f"{where}: the otlp receiver accepted {after - (before[where] or 0):.0f} "
-                        "spans during the probe",
-                        where,
-                    )
-                else:
-                    report.fail(
-                        "collector-receives",
-                        f"{where}: the otlp receiver accepted no spans during the probe",
-                        where=where,
-                        why="the proxies do not reach the Collector (provider service/port/"
-                        "protocol, or the receiver's address)",
-                        fix="meshtrace doctor -f <your files>",
-                    )
+            after = _accepted(str(api), pod)
+            first = before.get(where)
+            if after is None:
+                report.warn(
+                    "collector-receives",
+                    f"{where}: no span count to read (no :8888 metrics, no debug exporter output)",
+                    where=where,
+                    why="whether the Collector receives spans cannot be seen from here",
+                    fix="add the debug exporter to the traces pipeline, or service::telemetry::metrics on 0.0.0.0:8888",
+                )
+            elif after[1] > (first[1] if first else 0):
+                gained = after[1] - (first[1] if first else 0)
+                report.ok(
+                    "collector-receives", f"{where}: {after[0]} shows {gained:.0f} more spans after the probe", where
+                )
+            else:
+                report.fail(
+                    "collector-receives",
+                    f"{where}: {after[0]} shows no new spans after the probe",
+                    where=where,
+                    why="the proxies do not reach the Collector (provider service, port or protocol, or the "
+                    "receiver's address)",
+                    fix="meshtrace doctor -f <mesh config> -f <collector manifests>",
+                )
 
 
 def _check_traces(backend: httpx.Client, report: Report, request_ids: list[str], started: int, wait_s: float) -> None:
