@@ -98,3 +98,16 @@ def test_pod_checks(tmp_path: Path) -> None:
     assert "tracing.sampling: 1.0 → 100" in stale.title
     assert stale.fix == "kubectl rollout restart deployment/productpage-v1 -n default"
     assert by_pod["default/reviews-v2-8c9d-rrr"].level is Level.OK
+    assert report.of("proxy-version") == []
+
+
+def test_old_proxies_name_their_spans_differently(tmp_path: Path) -> None:
+    mesh = yaml.safe_load((SEED / "istio-otel-config-tutorial.yaml").read_text())
+    (tmp_path / "mesh.yaml").write_text(yaml.safe_dump(mesh))
+    old = pod("details-v1-5f4d-qqq", "2026-11-20T11:00:00Z", sidecar={})
+    old["spec"]["containers"][1]["image"] = "docker.io/istio/proxyv2:1.22.3"
+    (tmp_path / "pods.yaml").write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [old]}))
+    [finding] = diagnose_files([str(tmp_path / "mesh.yaml"), str(tmp_path / "pods.yaml")]).of("proxy-version")
+    assert finding.level is Level.WARN
+    assert "1.22" in finding.title
+    assert "ingress/egress" in finding.title

@@ -299,3 +299,25 @@ def test_cli_exit_codes_and_json(tmp_path: Path) -> None:
     missing = runner.invoke(app, ["doctor", "-f", str(tmp_path / "nope.yaml")])
     assert missing.exit_code == 2
     assert runner.invoke(app, ["doctor"]).exit_code == 2
+
+
+def test_sidecar_egress_scope_leaves_the_collector_out(tmp_path: Path) -> None:
+    sidecar = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Sidecar",
+        "metadata": {"name": "default", "namespace": "default"},
+        "spec": {"egress": [{"hosts": ["./*", "istio-system/*"]}]},
+    }
+
+    def change(docs: Docs) -> None:
+        docs["bookinfo.yaml"].append(sidecar)
+
+    finding = only(run(tmp_path, change), "sidecar-egress")
+    assert "opentelemetry-collector.observability.svc.cluster.local" in finding.title
+    assert '"observability/opentelemetry-collector.observability.svc.cluster.local"' in finding.fix
+
+    def allowed(docs: Docs) -> None:
+        sidecar["spec"]["egress"][0]["hosts"].append("observability/*")
+        docs["bookinfo.yaml"].append(sidecar)
+
+    assert not run(tmp_path, allowed).failed

@@ -9,6 +9,7 @@ set the label), as ``kubectl get ns -o yaml --show-managed-fields`` dumps it.
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Any
 
@@ -109,6 +110,7 @@ def check_pods(ctx: Context, report: Report) -> None:
             continue
         report.ok("pod-sidecar", f"{where} has istio-proxy", where)
         _check_proxy_config(report, pod, sidecar, mesh_defaults if isinstance(mesh_defaults, dict) else {}, where)
+        _check_proxy_version(ctx, report, sidecar, where)
 
 
 def _check_proxy_config(report: Report, pod: Doc, sidecar: dict[str, Any], mesh: dict[str, Any], where: str) -> None:
@@ -132,4 +134,41 @@ def _check_proxy_config(report: Report, pod: Doc, sidecar: dict[str, Any], mesh:
             where=where,
             why="ProxyConfig is fixed when the sidecar is injected: the change applies only to new pods",
             fix=f"kubectl rollout restart {_owner(pod)} -n {pod.namespace}",
+        )
+
+
+_PROXY_TAG = re.compile(r"proxyv2:(\d+)\.(\d+)")
+
+
+def _check_proxy_version(ctx: Context, report: Report, sidecar: dict[str, Any], where: str) -> None:
+    """Version quirks that change what the traces look like (istio-tracing-spec §6.10)."""
+    match = _PROXY_TAG.search(str(sidecar.get("image", "")))
+    if match is None:
+        return
+    version = (int(match.group(1)), int(match.group(2)))
+    shown = f"{version[0]}.{version[1]}"
+    if version < (1, 23):
+        report.warn(
+            "proxy-version",
+            f"{where} runs istio-proxy {shown}: its OpenTelemetry spans are named ingress/egress",
+            where=where,
+            why="proxies before 1.23 do not name spans after the route (envoyproxy/envoy#34063): "
+            "searches by the usual operation names find nothing",
+            fix="upgrade Istio to 1.23 or later",
+        )
+    zipkin_options = [
+        str(p.get("name"))
+        for m in ctx.meshes
+        for p in m.providers
+        if isinstance(p.get("zipkin"), dict)
+        and (p["zipkin"].get("traceContextOption") or p["zipkin"].get("timeout") or p["zipkin"].get("headers"))
+    ]
+    if zipkin_options and version < (1, 28):
+        report.warn(
+            "proxy-version",
+            f"{where} runs istio-proxy {shown}, which ignores zipkin provider options",
+            where=where,
+            why=f"traceContextOption, timeout and headers of {', '.join(zipkin_options)} need proxies "
+            "from 1.28 (1.29 for timeout and headers)",
+            fix="upgrade Istio, or drop the options",
         )

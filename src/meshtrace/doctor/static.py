@@ -573,7 +573,52 @@ def _check_exporters(ctx: Context, report: Report, col: Collector) -> None:
             report.ok("exporter", f"exporter {name} → {host} with a token header", where)
 
 
+def _host_matches(pattern: str, host: str) -> bool:
+    if pattern == "*":
+        return True
+    if pattern.startswith("*."):
+        return host.endswith(pattern[1:])
+    return pattern == host
+
+
+def check_sidecar_scopes(ctx: Context, report: Report) -> None:
+    """A Sidecar resource's egress hosts must include the provider's service, or the proxies it governs have
+    no cluster for the Collector (istiod logs ``cluster … is not configured``, istio/istio#53701)."""
+    targets = []
+    for mesh in ctx.meshes:
+        for provider in mesh.providers:
+            body = provider.get("opentelemetry") or provider.get("zipkin")
+            if isinstance(body, dict) and body.get("service"):
+                service = _fill(str(body["service"]), ctx)
+                namespace, _, host = service.rpartition("/")
+                if not namespace:
+                    labels = host.split(".")
+                    namespace = labels[1] if len(labels) > 1 else ""
+                targets.append((str(provider.get("name")), namespace, host))
+    for doc in ctx.kind("Sidecar"):
+        for name, namespace, host in targets:
+            hosts = [str(h) for e in doc.spec.get("egress") or [] if isinstance(e, dict) for h in e.get("hosts") or []]
+            if not hosts:
+                continue
+            allowed = False
+            for entry in hosts:
+                ns, _, pattern = entry.partition("/")
+                ns = doc.namespace if ns == "." else ns
+                if ns != "~" and (ns in ("*", namespace)) and _host_matches(pattern, host):
+                    allowed = True
+            scope = "every namespace's default" if doc.namespace == ROOT_NAMESPACE else f"namespace {doc.namespace}"
+            if not allowed:
+                report.fail(
+                    "sidecar-egress",
+                    f"Sidecar {doc.name} ({scope}) leaves provider {name!r}'s service {host} out of its egress hosts",
+                    where=doc.at("spec.egress[0].hosts"),
+                    why="its proxies get no cluster for the Collector: spans cannot be exported",
+                    fix=f'egress:\n- hosts:\n  - "./*"\n  - "{namespace}/{host}"',
+                )
+
+
 def run(ctx: Context, report: Report) -> None:
     check_mesh(ctx, report)
     check_telemetry(ctx, report)
     check_collectors(ctx, report)
+    check_sidecar_scopes(ctx, report)
