@@ -7,7 +7,7 @@ Static checks over the Istio mesh config, Telemetry, Collector config and Kubern
 
 from __future__ import annotations
 
-from meshtrace.doctor import cluster, static
+from meshtrace.doctor import cluster, collectors, static
 from meshtrace.doctor.findings import Finding, Level, Report
 from meshtrace.doctor.inputs import Doc, load
 
@@ -18,7 +18,10 @@ def diagnose(docs: list[Doc], placeholders: dict[str, str] | None = None) -> Rep
     if not docs:
         return report
     ctx = static.context(docs, placeholders)
-    static.run(ctx, report)
+    static.check_mesh(ctx, report)
+    static.check_telemetry(ctx, report)
+    collectors.check_collectors(ctx, report)
+    static.check_sidecar_scopes(ctx, report)
     cluster.check_pods(ctx, report)
     return report
 
