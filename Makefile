@@ -9,7 +9,7 @@ APT    := $(SUDO) apt-get install -y --no-install-recommends
 # The console's browser tests drive Debian's chromium (Playwright's own browsers are not downloaded).
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test lint bench screenshots clean
+.PHONY: run test lint bench screenshots fuzz clean
 
 $(STAMP): pyproject.toml
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: lint $(CHROMIUM)
 # Screenshots of every console page for the README (docs/screenshots/), taken by the test tooling.
 screenshots: $(STAMP) $(CHROMIUM)
 	$(BIN)/python scripts/screenshots.py
+
+# A million mutated inputs per parser of untrusted input (OTLP protobuf/JSON, Zipkin JSON, TraceQL).
+fuzz: $(STAMP)
+	$(BIN)/python -W error::FutureWarning scripts/fuzz.py --cases 1000000
 
 bench: $(STAMP) $(CHROMIUM)
 	$(BIN)/python benchmarks/ingest.py

@@ -65,3 +65,14 @@ def test_bad_fields_reject_only_their_span():
 def test_malformed_body(raw):
     with pytest.raises(MalformedRequest):
         parse_zipkin_json(raw)
+
+
+def test_times_out_of_range_are_a_clear_error() -> None:
+    import pytest
+
+    from meshtrace.errors import MalformedRequest
+    from meshtrace.model.zipkin import parse_zipkin_json
+
+    body = b'[{"traceId":"c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1c1","id":"1111111111111111","timestamp":1e25}]'
+    with pytest.raises(MalformedRequest, match="out of range"):
+        parse_zipkin_json(body)

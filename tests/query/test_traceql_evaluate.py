@@ -104,3 +104,7 @@ def test_by_splits_spansets_and_aggregates_apply_per_group() -> None:
 def test_select_is_carried_to_the_spansets() -> None:
     [spanset] = evaluate(parse("{ status = error } | select(span.response_flags, name)"), TRACE)
     assert [str(f) for f in spanset.select] == ["span.response_flags", "name"]
+
+
+def test_regex_with_brackets_parses_without_warnings() -> None:
+    assert matched('{ name =~ "[[a]-op" }') == []

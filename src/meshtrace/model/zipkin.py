@@ -9,6 +9,7 @@ type leaves that span invalid, so validation rejects it alone and the rest of th
 from __future__ import annotations
 
 import binascii
+import math
 from typing import Any
 
 import orjson
@@ -38,10 +39,15 @@ def _hex_id(value: Any, width: int) -> bytes:
         return b""
 
 
+_MAX_MICROS = (2**64 - 1) // 1000  # OTLP times are uint64 nanoseconds
+
+
 def _micros(value: Any) -> int:
     if isinstance(value, bool):
         return 0
     if isinstance(value, int | float):
+        if not math.isfinite(value) or value > _MAX_MICROS:
+            raise MalformedRequest(f"Zipkin time or duration {value!r} is out of range (microseconds since the epoch)")
         return max(int(value), 0)
     return 0
 

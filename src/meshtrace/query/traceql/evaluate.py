@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -137,7 +138,9 @@ def _number(value: Any) -> float | None:
 
 @lru_cache(maxsize=256)
 def _regex(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern, re.DOTALL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # FutureWarning for '[[': RE2 reads it literally, as Python does today
+        return re.compile(pattern, re.DOTALL)
 
 
 def _coerce(value: Any, like: Literal) -> Any:
