@@ -13,7 +13,7 @@ from playwright.sync_api import Page, expect, sync_playwright
 
 from meshtrace.testing.bookinfo import export_request
 from meshtrace.testing.console import Demo, big_mesh, fill, launch, post
-from meshtrace.testing.contract import Fixture, reference_edges
+from meshtrace.testing.contract import Fixture, reference_edges, reference_pairs
 from meshtrace.testing.server import ServerProcess
 from tests.e2e.conftest import TOKENS, token_args, wait_until
 
@@ -123,13 +123,7 @@ def test_trace_view_shows_spans_critical_path_and_root_cause(open_page: Callable
 
 def _expected_pairs(demo: Demo) -> dict[tuple[str, str], int]:
     fixtures = [Fixture(t.hex_id, export_request([t]), t.hex_id) for t in demo.traces]
-    pairs: dict[tuple[str, str], int] = {}
-    for (client, srv, _, _, ctype, flags), (calls, _) in reference_edges(fixtures).items():
-        target = (
-            f"{srv} ({'unreached' if flags else 'external'})" if ctype and client not in ("user", "unknown") else srv
-        )
-        pairs[(client, target)] = pairs.get((client, target), 0) + calls
-    return pairs
+    return {pair: calls for pair, (calls, _) in reference_pairs(reference_edges(fixtures)).items()}
 
 
 def test_service_map_matches_the_data(open_page: Callable[..., Page], demo: Demo) -> None:

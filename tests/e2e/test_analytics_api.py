@@ -16,7 +16,7 @@ import pytest
 from meshtrace.model.analytics import Histogram
 from meshtrace.model.spans import Span, SpanKind
 from meshtrace.testing.bookinfo import BookinfoTrace, bookinfo_trace, export_request, traffic
-from meshtrace.testing.contract import Fixture, reference_edges, reference_spans
+from meshtrace.testing.contract import Fixture, reference_edges, reference_pairs, reference_spans
 
 from .conftest import TOKENS, ServerProcess, post_traces, token_args, wait_until
 
@@ -73,20 +73,6 @@ def sent(server: ServerProcess) -> Sent:
     return result
 
 
-def _by_pair(edges: dict[tuple[str, ...], list[int]]) -> dict[tuple[str, str], list[int]]:
-    out: dict[tuple[str, str], list[int]] = {}
-    for (client, server, _, _, ctype, flags), (calls, failed) in edges.items():
-        target = (
-            f"{server} ({'unreached' if flags else 'external'})"
-            if ctype and client not in ("user", "unknown")
-            else server
-        )
-        counts = out.setdefault((client, target), [0, 0])
-        counts[0] += calls
-        counts[1] += failed
-    return out
-
-
 def test_service_graph_is_istio_aware(server: ServerProcess, sent: Sent) -> None:
     graph = server.api().get("/meshtrace/v1/servicegraph", params={"lookback": "1h"}).json()
     nodes = {n["id"]: n for n in graph["nodes"]}
@@ -106,7 +92,7 @@ def test_service_graph_is_istio_aware(server: ServerProcess, sent: Sent) -> None
         ]
         assert next(v for v in reviews["versions"] if v["version"] == version)["calls"] == len(served)
     got = {(e["source"], e["target"]): [e["calls"], e["failed"]] for e in graph["edges"]}
-    assert got == _by_pair(sent.edges())
+    assert got == reference_pairs(sent.edges())
     flagged = next(e for e in graph["edges"] if e["target"] == "details.default (unreached)")
     unreached = [s for s in spans if s.attributes.get("response_flags") == "UF"]
     assert flagged["responseFlags"] == {"UF": len(unreached)}
@@ -203,7 +189,7 @@ def test_jaeger_spm_endpoints(server: ServerProcess, sent: Sent) -> None:
 
 def test_prometheus_series_for_the_scrapers_tenant(server: ServerProcess, sent: Sent) -> None:
     text = server.api().get("/metrics").text
-    pairs = _by_pair(sent.edges())
+    pairs = reference_pairs(sent.edges())
     line = (
         'traces_service_graph_request_total{client="productpage.default",connection_type="",'
         f'server="reviews.default"}} {float(pairs[("productpage.default", "reviews.default")][0])}'
@@ -298,7 +284,7 @@ def test_bad_windows_are_refused(server: ServerProcess, tmp_path: Path) -> None:
 
 
 def test_one_edge_over_time(server: ServerProcess, sent: Sent) -> None:
-    pairs = _by_pair(sent.edges())
+    pairs = reference_pairs(sent.edges())
     api = server.api()
     body = api.get(
         "/meshtrace/v1/servicegraph/edge",

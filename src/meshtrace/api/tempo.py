@@ -164,16 +164,12 @@ def _reported_fields(query: Query) -> list[Any]:
     return list(unique.values())
 
 
-def _key(field: Attribute | Intrinsic) -> str:
-    return field.name
-
-
 def _span_json(span: Span, fields: list[Any], ctx: Context) -> dict[str, Any]:
     attributes = []
     for f in fields:
         value = value_of(f, span, ctx)
         if value is not MISSING:
-            attributes.append({"key": _key(f), "value": {"stringValue": str(value)}})
+            attributes.append({"key": f.name, "value": {"stringValue": str(value)}})
     return {
         "spanID": span.span_id,
         "name": span.name,

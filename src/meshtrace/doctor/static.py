@@ -16,6 +16,7 @@ import yaml
 
 from meshtrace.doctor.findings import Report
 from meshtrace.doctor.inputs import Doc
+from meshtrace.mesh.istio.fields import snake
 
 ROOT_NAMESPACE = "istio-system"
 PLACEHOLDER = re.compile(r"<[^<>\s]+>")
@@ -76,7 +77,7 @@ def _get(data: Any, *keys: str) -> Any:
     for key in keys:
         if not isinstance(data, dict):
             return None
-        data = data.get(key, data.get(re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), key)))
+        data = data.get(key, data.get(snake(key)))
     return data
 
 

@@ -24,15 +24,20 @@ def latency_ms(h: Histogram) -> dict[str, float | None]:
     return {k: (round(v / _NS_PER_MS, 3) if v is not None else None) for k, v in quantiles(h).items()}
 
 
-def red_fields(calls: int, errors: int, seconds: float, h: Histogram, *, errors_key: str = "errors") -> dict[str, Any]:
-    """Rate, errors, duration: the figures every graph element, series point and operation carries."""
-    return {
+def red_fields(
+    calls: int, errors: int, seconds: float, h: Histogram | None, *, errors_key: str = "errors"
+) -> dict[str, Any]:
+    """Rate, errors, duration: the figures every graph element, series point and operation carries
+    (``h`` None: the caller reports latencies its own way, as edges do for each side)."""
+    fields: dict[str, Any] = {
         "calls": calls,
         errors_key: errors,
         "rate": calls / seconds,
         "errorRate": errors / calls if calls else 0.0,
-        "latencyMs": latency_ms(h),
     }
+    if h is not None:
+        fields["latencyMs"] = latency_ms(h)
+    return fields
 
 
 @dataclass(slots=True)
@@ -117,11 +122,7 @@ def service_graph(edges: list[GraphEdge], window_s: float) -> dict[str, Any]:
             {
                 "source": link.source,
                 "target": link.target,
-                **{
-                    k: v
-                    for k, v in red_fields(link.calls, link.failed, seconds, link.client, errors_key="failed").items()
-                    if k != "latencyMs"
-                },
+                **red_fields(link.calls, link.failed, seconds, None, errors_key="failed"),
                 "clientLatencyMs": latency_ms(link.client),
                 "serverLatencyMs": latency_ms(link.server),
                 "responseFlags": dict(sorted(link.flags.items())),

@@ -12,7 +12,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from meshtrace.store.analytics import AnalyticsReader
 from meshtrace.store.api import SpanBatch, SpanWriter, TimeRange, TraceQuery, TraceReader, TraceSummary
 from meshtrace.store.engine import ChdbEngine, Engine, ServerEngine, parse_server_url
 from meshtrace.store.graph import ServiceGraphBuilder
@@ -68,7 +67,7 @@ class Store:
         self.writer = writer
         self.reader = ClickHouseReader(engine, schema)
         self.graph = ServiceGraphBuilder(engine, schema)
-        self.analytics = AnalyticsReader(engine, schema)
+        self.analytics = self.reader.analytics
         self._owns_engine = owns_engine
 
     @classmethod

@@ -158,6 +158,7 @@ class ClickHouseReader:
     def __init__(self, engine: Engine, schema: Schema) -> None:
         self.engine = engine
         self.schema = schema
+        self.analytics = AnalyticsReader(engine, schema)
 
     def _spans(self, where: Conditions) -> list[Span]:
         rows = self.engine.query(
@@ -317,9 +318,7 @@ class ClickHouseReader:
 
     def get_dependencies(self, tenant: str, time: TimeRange) -> list[DependencyLink]:
         """From the ingest-time service graph (see ``meshtrace.store.graph``), not a join of spans."""
-        return [
-            DependencyLink(p, c, n) for p, c, n in AnalyticsReader(self.engine, self.schema).dependencies(tenant, time)
-        ]
+        return [DependencyLink(p, c, n) for p, c, n in self.analytics.dependencies(tenant, time)]
 
     def count(self, tenant: str, time: TimeRange | None = None) -> tuple[int, int, int]:
         where = Conditions(tenant)

@@ -210,6 +210,19 @@ def reference_edges(fixtures: list[Fixture]) -> dict[EdgeKey, list[int]]:
     return edges
 
 
+def reference_pairs(edges: dict[EdgeKey, list[int]]) -> dict[tuple[str, str], list[int]]:
+    """Edges as the service graph API lists them: (source node id, target node id) → [calls, failed], a
+    destination that never answered named ``"<name> (unreached)"`` or ``"<name> (external)"``."""
+    out: dict[tuple[str, str], list[int]] = {}
+    for (client, server, _, _, ctype, flags), (calls, failed) in edges.items():
+        virtual_target = ctype and client not in ("user", "unknown")
+        target = f"{server} ({'unreached' if flags else 'external'})" if virtual_target else server
+        counts = out.setdefault((client, target), [0, 0])
+        counts[0] += calls
+        counts[1] += failed
+    return out
+
+
 def reference_dependencies(fixtures: list[Fixture]) -> list[DependencyLink]:
     """Jaeger's dependencies from the service graph: calls between services, virtual callers left out."""
     counts: dict[tuple[str, str], int] = {}
@@ -396,6 +409,7 @@ __all__ = [
     "any_value_text",
     "load_fixtures",
     "reference_edges",
+    "reference_pairs",
     "reference_spans",
     "settle_graph",
 ]

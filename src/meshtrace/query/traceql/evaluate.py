@@ -137,7 +137,8 @@ def _number(value: Any) -> float | None:
 
 
 @lru_cache(maxsize=256)
-def _regex(pattern: str) -> re.Pattern[str]:
+def regex(pattern: str) -> re.Pattern[str]:
+    """A TraceQL regex compiled for whole-value matching; raises ``re.error`` when invalid."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # FutureWarning for '[[': RE2 reads it literally, as Python does today
         return re.compile(pattern, re.DOTALL)
@@ -188,7 +189,7 @@ def compare(node: Binary, span: Span, ctx: Context) -> bool:
         if a is MISSING:
             return False
     if op in ("=~", "!~"):
-        matched = _regex(str(b)).fullmatch(str(a)) is not None
+        matched = regex(str(b)).fullmatch(str(a)) is not None
         return matched if op == "=~" else not matched
     if isinstance(a, str) != isinstance(b, str):
         na, nb = _number(a), _number(b)

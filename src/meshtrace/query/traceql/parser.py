@@ -8,7 +8,6 @@ valid TraceQL but not implemented here (metrics functions, union and negated str
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import dataclass
 
 from meshtrace.errors import InvalidQuery
@@ -36,6 +35,7 @@ from .ast import (
     SpansetOp,
     Stage,
 )
+from .evaluate import regex
 
 
 class TraceQLError(InvalidQuery):
@@ -418,9 +418,7 @@ def _check_comparison(node: Binary, column: int) -> None:
                 "regular expressions are RE2: no backreferences, lookaround or possessive quantifiers", column
             )
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # FutureWarning for '[[' and friends: RE2 reads them literally
-                re.compile(pattern)
+            regex(pattern)
         except re.error as exc:
             raise TraceQLError(f"invalid regular expression: {exc}", column) from None
     if node.op in ARITHMETIC:

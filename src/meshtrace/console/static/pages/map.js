@@ -2,7 +2,7 @@
 // edges labelled with rate, error % and p95; click a node or an edge for its RED charts and traces.
 import { get } from "../api.js";
 import dagre from "../vendor/dagre.esm.js";
-import { el, errorBox, ms, percent, query, setQuery, svg, windowSelect } from "../util.js";
+import { el, ms, percent, query, setQuery, svg, windowSelect } from "../util.js";
 import { edgeCharts, redCharts, traceList } from "./charts.js";
 
 function health(errorRate) {
@@ -153,5 +153,4 @@ export async function render(view) {
   if (width > room) map.setAttribute("width", String(Math.max(room, Math.ceil(width * 0.6))));
   map.setAttribute("height", String(Math.ceil((Number(map.getAttribute("width")) / width) * height)));
   view.dataset.ready = "true";
-  void errorBox;
 }

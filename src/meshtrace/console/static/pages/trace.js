@@ -65,7 +65,7 @@ export async function render(view, traceId) {
   const trace = await get(`/meshtrace/v1/traces/${traceId}`, { analysis: "true" });
   const analysis = trace.analysis;
   const started = performance.now();
-  const { order, byId, children } = buildTree(trace.spans);
+  const { order, byId } = buildTree(trace.spans);
   const t0 = BigInt(trace.startTimeUnixNano);
   const total = Math.max(Number(trace.durationNanos), 1);
   const offset = (ns) => Number(BigInt(ns) - t0);
@@ -246,5 +246,4 @@ export async function render(view, traceId) {
   select(analysis.rootCause || selected, true);
   view.dataset.renderMs = String(Math.round(performance.now() - started));
   view.dataset.ready = "true";
-  void children;
 }
