@@ -301,7 +301,9 @@ def version() -> None:
 def main() -> None:
     from meshtrace.doctor.cli import register as register_doctor
     from meshtrace.mesh.cli import register
+    from meshtrace.store.cli import register as register_schema
 
     register(app)
     register_doctor(app)
+    register_schema(app)
     app()

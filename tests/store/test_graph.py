@@ -6,6 +6,7 @@ import asyncio
 import random
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from meshtrace.store import Store
 from meshtrace.store.api import SpanBatch, TimeRange
 from meshtrace.store.engine import ChdbEngine
+from meshtrace.store.graph import ServiceGraphBuilder
 from meshtrace.testing.bookinfo import BookinfoTrace, bookinfo_trace, export_request
+from meshtrace.testing.cluster import CLUSTER
 from tests.conftest import new_store
 
 WAIT_MS = 1500
@@ -138,3 +141,33 @@ def test_halves_just_beyond_the_wait_are_never_counted_twice(store: Store) -> No
     assert ("productpage.default", "details.default", "") not in edges
     assert edges[("productpage.default", "details.default", "virtual_node")] == 1
     assert edges[("unknown", "details.default", "virtual_node")] == 1
+
+
+@pytest.mark.parametrize("cluster", [None, CLUSTER])
+def test_backends_sharing_a_store_count_each_window_once(
+    chdb_engine: ChdbEngine, tmp_path: Path, cluster: str | None
+) -> None:
+    """Every `meshtrace serve` replica runs a builder on the same tables: they close the same windows at
+    the same moments, and each window is counted once."""
+    store = new_store(chdb_engine, tmp_path, cluster=cluster, flush_interval=0.02)
+    builders = [store.graph, ServiceGraphBuilder(store.engine, store.schema)]
+    for b in builders:
+        b.wait_ms, b.step_ms, b.lag_ms = WAIT_MS, 250, 100
+    asyncio.run(store.writer.start())
+    try:
+        rng = random.Random(6)
+        for _ in range(3):
+            _write(
+                store, export_request([bookinfo_trace(rng, time.time_ns(), reviews_version="v3") for _ in range(10)])
+            )
+            time.sleep(0.3)
+        until = store.graph.now_ms() + WAIT_MS + 500
+        with ThreadPoolExecutor(2) as pool:
+            closed = list(pool.map(lambda b: b.advance(until), builders))
+        assert all(n > 0 for n in closed)
+        edges = _edges(store)
+        assert edges[("productpage.default", "reviews.default", "")] == 30
+        assert edges[("reviews.default", "ratings.default", "")] == 30
+        assert edges[("user", "istio-ingressgateway.istio-system", "virtual_node")] == 30
+    finally:
+        asyncio.run(store.close())

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from meshtrace.store.api import SpanBatch, SpanWriter, TimeRange, TraceQuery, TraceReader, TraceSummary
 from meshtrace.store.engine import ChdbEngine, Engine, ServerEngine, parse_server_url
 from meshtrace.store.graph import ServiceGraphBuilder
+from meshtrace.store.migrations import migrate
 from meshtrace.store.reader import ClickHouseReader
 from meshtrace.store.schema import Schema
 from meshtrace.store.wal import Record, Recovery, WriteAheadLog
@@ -76,7 +77,13 @@ class Store:
         if options.url:
             address = parse_server_url(options.url)
             engine: Engine = ServerEngine(address)
-            schema = Schema(database=address.database, retention_s=options.retention_s, embedded=False)
+            schema = Schema(
+                database=address.database,
+                retention_s=options.retention_s,
+                embedded=False,
+                cluster=address.cluster,
+                replicated=address.replicated,
+            )
         else:
             engine = ChdbEngine(os.path.join(options.data_dir, "clickhouse"))
             schema = Schema(retention_s=options.retention_s, embedded=True)
@@ -97,6 +104,8 @@ class Store:
         owns_engine: bool = True,
     ) -> Store:
         """A store on an engine that is already open (tests share one engine across databases)."""
+        if schema.session_settings:
+            engine.configure(schema.session_settings)
         apply_schema(engine, schema)
         wal = None
         if options.wal:
@@ -127,9 +136,12 @@ class Store:
             self.engine.close()
 
     def size(self) -> StoreSize:
-        """Spans, bytes on disk of every table (span, lookup, search, operations) and active parts."""
+        """Spans, bytes on disk of every table (span, lookup, search, operations) and active parts; on a
+        cluster, of every replica of every shard."""
+        source = f"clusterAllReplicas('{self.schema.cluster}', system.parts)" if self.schema.cluster else "system.parts"
+        traces = "otel_traces_local" if self.schema.cluster else "otel_traces"
         rows = self.engine.query(
-            "SELECT sumIf(rows, table = 'otel_traces'), sum(bytes_on_disk), count() FROM system.parts "
+            f"SELECT sumIf(rows, table = '{traces}'), sum(bytes_on_disk), count() FROM {source} "
             "WHERE active AND database = {db:String}",
             {"db": self.schema.database},
         )
@@ -138,12 +150,14 @@ class Store:
 
 
 def apply_schema(engine: Engine, schema: Schema) -> None:
-    """Create what is missing; change the TTL only if the retention differs (no part rewrite)."""
-    for statement in schema.statements():
-        engine.execute(statement)
+    """Apply pending migrations (never a destructive one: that takes ``meshtrace schema migrate``);
+    change the TTL only if the retention differs (no part rewrite)."""
+    applied = migrate(engine, schema)
+    if applied:
+        log.info("schema of %s at version %d", schema.database, applied[-1].version)
     rows = engine.query(
-        "SELECT create_table_query FROM system.tables WHERE database = {db:String} AND name = 'otel_traces'",
-        {"db": schema.database},
+        "SELECT create_table_query FROM system.tables WHERE database = {db:String} AND name = {name:String}",
+        {"db": schema.database, "name": "otel_traces_local" if schema.cluster else "otel_traces"},
     )
     current = re.search(r"toIntervalSecond\((\d+)\)", rows[0][0]) if rows else None
     if current is None or int(current.group(1)) != schema.retention_s:

@@ -62,10 +62,11 @@ def _peer() -> str:
 
 
 def statements(schema: Schema) -> list[str]:
-    db = f"`{schema.database}`"
+    traces = schema.local("otel_traces")
     return [
-        f"""CREATE TABLE IF NOT EXISTS {schema.span_metrics} (
-    Tenant LowCardinality(String),
+        *schema.table(
+            "meshtrace_span_metrics",
+            f"""    Tenant LowCardinality(String),
     ServiceName LowCardinality(String),
     Minute DateTime CODEC(Delta, ZSTD(1)),
     SpanName LowCardinality(String),
@@ -73,15 +74,18 @@ def statements(schema: Schema) -> list[str]:
     Calls SimpleAggregateFunction(sum, UInt64),
     Errors SimpleAggregateFunction(sum, UInt64),
     Nanos SimpleAggregateFunction(sum, UInt64),
-    Histogram {HISTOGRAM}
-) ENGINE = AggregatingMergeTree
-PARTITION BY toDate(Minute)
+    Histogram {HISTOGRAM}""",
+            "AggregatingMergeTree",
+            f"""PARTITION BY toDate(Minute)
 ORDER BY (Tenant, ServiceName, Minute, SpanName, SpanKind)
 {schema.ttl("Minute")}
 SETTINGS {schema.table_settings()}""",
-        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.meshtrace_span_metrics_mv
-TO {schema.span_metrics}
-AS SELECT
+            "cityHash64(Tenant, ServiceName)",
+        ),
+        schema.view(
+            "meshtrace_span_metrics_mv",
+            schema.local("meshtrace_span_metrics"),
+            f"""SELECT
     Tenant, ServiceName, toStartOfMinute(Timestamp) AS Minute, SpanName,
     multiIf(SpanKind LIKE '%Server' OR SpanKind = 'SPAN_KIND_SERVER', 'Server',
             SpanKind LIKE '%Client' OR SpanKind = 'SPAN_KIND_CLIENT', 'Client',
@@ -93,10 +97,12 @@ AS SELECT
     countIf({_ERROR}) AS Errors,
     sum(Duration) AS Nanos,
     sumMap([{bucket_of("Duration")}], [toUInt64(1)]) AS Histogram
-FROM {schema.traces}
+FROM {traces}
 GROUP BY Tenant, ServiceName, Minute, SpanName, SpanKind""",
-        f"""CREATE TABLE IF NOT EXISTS {schema.edge_halves} (
-    InsertedAt DateTime64(3) CODEC(Delta, ZSTD(1)),
+        ),
+        *schema.table(
+            "meshtrace_edge_halves",
+            """    InsertedAt DateTime64(3) CODEC(Delta, ZSTD(1)),
     Tenant LowCardinality(String),
     IsClient Bool,
     IsRoot Bool,
@@ -107,15 +113,18 @@ GROUP BY Tenant, ServiceName, Minute, SpanName, SpanKind""",
     Flags LowCardinality(String),
     Start DateTime CODEC(Delta, ZSTD(1)),
     Duration UInt64 CODEC(ZSTD(1)),
-    Failed Bool
-) ENGINE = MergeTree
-PARTITION BY toStartOfHour(InsertedAt)
+    Failed Bool""",
+            "MergeTree",
+            f"""PARTITION BY toStartOfHour(InsertedAt)
 ORDER BY InsertedAt
 TTL toDateTime(InsertedAt) + toIntervalSecond({HALVES_TTL_S})
 SETTINGS {schema.table_settings()}""",
-        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.meshtrace_edge_halves_mv
-TO {schema.edge_halves}
-AS SELECT
+            "Key",  # both halves of a call share the key (and the trace, hence the shard)
+        ),
+        schema.view(
+            "meshtrace_edge_halves_mv",
+            schema.local("meshtrace_edge_halves"),
+            f"""SELECT
     now64(3) AS InsertedAt,
     Tenant,
     SpanKind IN {_CLIENT_KINDS} AS IsClient,
@@ -128,10 +137,12 @@ AS SELECT
     toDateTime(Timestamp) AS Start,
     Duration,
     {_ERROR} AS Failed
-FROM {schema.traces}
+FROM {traces}
 WHERE SpanKind IN {_CLIENT_KINDS} OR SpanKind IN {_SERVER_KINDS}""",
-        f"""CREATE TABLE IF NOT EXISTS {schema.service_graph} (
-    Tenant LowCardinality(String),
+        ),
+        *schema.table(
+            "meshtrace_service_graph",
+            f"""    Tenant LowCardinality(String),
     Minute DateTime CODEC(Delta, ZSTD(1)),
     Client LowCardinality(String),
     Server LowCardinality(String),
@@ -144,22 +155,29 @@ WHERE SpanKind IN {_CLIENT_KINDS} OR SpanKind IN {_SERVER_KINDS}""",
     ClientNanos SimpleAggregateFunction(sum, UInt64),
     ServerNanos SimpleAggregateFunction(sum, UInt64),
     ClientHistogram {HISTOGRAM},
-    ServerHistogram {HISTOGRAM}
-) ENGINE = AggregatingMergeTree
-PARTITION BY toDate(Minute)
+    ServerHistogram {HISTOGRAM}""",
+            "AggregatingMergeTree",
+            f"""PARTITION BY toDate(Minute)
 ORDER BY (Tenant, Minute, Client, Server, ClientVersion, ServerVersion, ConnectionType, Flags)
 {schema.ttl("Minute")}
 SETTINGS {schema.table_settings()}""",
-        f"""CREATE TABLE IF NOT EXISTS {schema.graph_progress} (
-    Id UInt8,
-    Watermark DateTime64(3)
-) ENGINE = ReplacingMergeTree(Watermark)
-ORDER BY Id""",
+            # Deterministic, so two builders that count the same window split it the same way and each
+            # shard drops the second copy by its insert token.
+            "cityHash64(Tenant, Client, Server)",
+        ),
+        *schema.table(
+            "meshtrace_graph_progress",
+            """    Id UInt8,
+    Watermark DateTime64(3)""",
+            "ReplacingMergeTree(Watermark)",
+            "ORDER BY Id",
+            None,
+        ),
     ]
 
 
 def retention_statements(schema: Schema) -> list[str]:
     return [
-        f"ALTER TABLE {schema.span_metrics} MODIFY {schema.ttl('Minute')}",
-        f"ALTER TABLE {schema.service_graph} MODIFY {schema.ttl('Minute')}",
+        schema.alter("meshtrace_span_metrics", f"MODIFY {schema.ttl('Minute')}"),
+        schema.alter("meshtrace_service_graph", f"MODIFY {schema.ttl('Minute')}"),
     ]

@@ -34,12 +34,18 @@ class Engine(Protocol):
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None: ...
 
-    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[list[Any]]: ...
+    def query(
+        self, sql: str, params: Mapping[str, Any] | None = None, settings: Mapping[str, str | int] | None = None
+    ) -> list[list[Any]]: ...
 
     def insert(self, table: str, data: bytes, fmt: str, settings: Mapping[str, str | int]) -> None: ...
 
     def format_schema_settings(self, name: str, text: str, message: str) -> dict[str, str | int]:
         """Insert settings that make ClickHouse decode with the ``.proto`` in ``text``."""
+        ...
+
+    def configure(self, settings: Mapping[str, str | int]) -> None:
+        """Settings for every statement from now on (each connection applies them before its next use)."""
         ...
 
     def close(self) -> None: ...
@@ -55,15 +61,15 @@ def _translated(what: str) -> Iterator[None]:
         raise StoreError(f"{what}: {exc}") from exc
 
 
+def _setting(key: str, value: str | int) -> str:
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+        return f"{key} = '{escaped}'"
+    return f"{key} = {int(value)}"
+
+
 def _settings_clause(settings: Mapping[str, str | int]) -> str:
-    parts = []
-    for key, value in settings.items():
-        if isinstance(value, str):
-            escaped = value.replace("\\", "\\\\").replace("'", "\\'")
-            parts.append(f"{key} = '{escaped}'")
-        else:
-            parts.append(f"{key} = {int(value)}")
-    return " SETTINGS " + ", ".join(parts) if parts else ""
+    return " SETTINGS " + ", ".join(_setting(k, v) for k, v in settings.items()) if settings else ""
 
 
 class ChdbEngine:
@@ -71,10 +77,13 @@ class ChdbEngine:
 
     embedded = True
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, config_file: str | None = None) -> None:
         os.makedirs(path, exist_ok=True)
         self.path = os.path.abspath(path)
+        self.config_file = config_file
         self.description = f"embedded ClickHouse (chdb) in {self.path}"
+        self._settings: dict[str, str | int] = {}
+        self._generation = 0
         self._local = threading.local()
         self._all: list[Any] = []
         self._lock = threading.Lock()
@@ -89,19 +98,36 @@ class ChdbEngine:
             with _translated(f"cannot open the embedded store in {self.path}"):
                 import chdb  # the engine is 0.5 s to import; only pay it when a store opens
 
-                conn = chdb.connect(self.path)
+                target = f"file:{self.path}?config-file={self.config_file}" if self.config_file else self.path
+                conn = chdb.connect(target)
             self._local.conn = conn
+            self._local.generation = -1
             with self._lock:
                 self._all.append(conn)
+        if self._local.generation != self._generation:
+            with self._lock:
+                settings, generation = dict(self._settings), self._generation
+            for key, value in settings.items():
+                with _translated(f"cannot set {key}"):
+                    conn.query(f"SET {_setting(key, value)}", "CSV")
+            self._local.generation = generation
         return conn
+
+    def configure(self, settings: Mapping[str, str | int]) -> None:
+        with self._lock:
+            self._settings.update(settings)
+            self._generation += 1
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
         with _translated("query failed"):
             self._conn().query(sql, "CSV", params=_chdb_params(params))
 
-    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[list[Any]]:
+    def query(
+        self, sql: str, params: Mapping[str, Any] | None = None, settings: Mapping[str, str | int] | None = None
+    ) -> list[list[Any]]:
+        extra = "".join(f", {_setting(k, v)}" for k, v in (settings or {}).items())
         with _translated("query failed"):
-            result = self._conn().query(sql + _JSON_SETTINGS, "JSONCompact", params=_chdb_params(params))
+            result = self._conn().query(sql + _JSON_SETTINGS + extra, "JSONCompact", params=_chdb_params(params))
             raw = result.bytes()
         if not raw:
             return []
@@ -158,10 +184,14 @@ class ServerAddress:
     username: str
     password: str
     secure: bool
+    cluster: str | None = None
+    replicated: bool = True
 
 
 def parse_server_url(url: str) -> ServerAddress:
-    """``clickhouse://[user[:password]@]host[:port][/database][?secure=true]`` (HTTP interface)."""
+    """``clickhouse://[user[:password]@]host[:port][/database][?secure=true][&cluster=NAME]
+    [&replicated=false]`` (HTTP interface). ``cluster`` lays the schema out for a ClickHouse cluster: local
+    tables on every shard (``Replicated*`` unless ``replicated=false``), Distributed tables in front."""
     parts = urlsplit(url)
     if parts.scheme not in ("clickhouse", "clickhouses", "http", "https"):
         raise ConfigError(
@@ -180,6 +210,8 @@ def parse_server_url(url: str) -> ServerAddress:
         username=unquote(parts.username or "default"),
         password=unquote(parts.password or ""),
         secure=secure,
+        cluster=query.get("cluster", [None])[0] or None,
+        replicated=query.get("replicated", ["true"])[0] != "false",
     )
 
 
@@ -191,6 +223,7 @@ class ServerEngine:
     def __init__(self, address: ServerAddress) -> None:
         self.address = address
         self.description = f"ClickHouse server at {address.host}:{address.port}/{address.database}"
+        self._settings: dict[str, str | int] = {}
         self._local = threading.local()
         self._all: list[Any] = []
         self._lock = threading.Lock()
@@ -209,6 +242,7 @@ class ServerEngine:
                     password=self.address.password,
                     secure=self.address.secure,
                     autogenerate_session_id=False,
+                    settings=dict(self._settings),
                 )
             self._local.client = client
             with self._lock:
@@ -219,9 +253,13 @@ class ServerEngine:
         with _translated("query failed"):
             self._client().command(sql, parameters=dict(params) if params else None)
 
-    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[list[Any]]:
+    def query(
+        self, sql: str, params: Mapping[str, Any] | None = None, settings: Mapping[str, str | int] | None = None
+    ) -> list[list[Any]]:
         with _translated("query failed"):
-            result = self._client().query(sql, parameters=dict(params) if params else None)
+            result = self._client().query(
+                sql, parameters=dict(params) if params else None, settings=dict(settings) if settings else None
+            )
         return [list(row) for row in result.result_rows]
 
     def insert(self, table: str, data: bytes, fmt: str, settings: Mapping[str, str | int]) -> None:
@@ -231,6 +269,13 @@ class ServerEngine:
     def format_schema_settings(self, name: str, text: str, message: str) -> dict[str, str | int]:
         # Sent with each insert, so no file has to be placed on the server.
         return {"format_schema_source": "string", "format_schema": text, "format_schema_message_name": message}
+
+    def configure(self, settings: Mapping[str, str | int]) -> None:
+        # Clients are made per thread with the settings; every thread makes a new one (the old ones are
+        # closed with the engine).
+        with self._lock:
+            self._settings.update(settings)
+        self._local = threading.local()
 
     def close(self) -> None:
         with self._lock:

@@ -112,59 +112,94 @@ def _hex_id(expr: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Schema:
-    """DDL for one database. ``retention_s`` becomes the tables' TTL; ``embedded`` tunes part cleanup."""
+    """DDL for one database. ``retention_s`` becomes the tables' TTL; ``embedded`` tunes part cleanup.
+
+    With ``cluster`` set, every table that holds spans is a local table (``<name>_local``) on each shard,
+    behind a ``Distributed`` table under the plain name, sharded by trace id so a trace stays on one shard;
+    materialized views run on the local tables, so each shard indexes and aggregates its own spans.
+    ``replicated`` makes the local tables ``Replicated*MergeTree`` and every statement ``ON CLUSTER``
+    (both need ClickHouse Keeper); without it, the same layout runs on one server, or in the embedded
+    engine with a one-shard cluster in its configuration.
+    """
 
     database: str = "otel"
     retention_s: int = 7 * 86400
     embedded: bool = True
+    cluster: str | None = None
+    replicated: bool = True
+    keeper_path: str = "/clickhouse/tables"
+
+    def _name(self, table: str) -> str:
+        return f"`{self.database}`.{table}"
+
+    def local(self, table: str) -> str:
+        """Where a sharded table's rows live on each node (the table itself without a cluster)."""
+        return self._name(f"{table}_local" if self.cluster else table)
 
     @property
     def traces(self) -> str:
-        return f"`{self.database}`.otel_traces"
+        return self._name("otel_traces")
 
     @property
     def trace_id_ts(self) -> str:
-        return f"`{self.database}`.otel_traces_trace_id_ts"
+        return self._name("otel_traces_trace_id_ts")
 
     @property
     def span_index(self) -> str:
-        return f"`{self.database}`.meshtrace_span_index"
+        return self._name("meshtrace_span_index")
 
     @property
     def operations(self) -> str:
-        return f"`{self.database}`.meshtrace_operations"
+        return self._name("meshtrace_operations")
 
     @property
     def request_ids(self) -> str:
-        return f"`{self.database}`.meshtrace_request_ids"
+        return self._name("meshtrace_request_ids")
 
     @property
     def otlp_in(self) -> str:
-        return f"`{self.database}`.meshtrace_otlp_in"
+        return self._name("meshtrace_otlp_in")
 
     @property
     def span_metrics(self) -> str:
-        return f"`{self.database}`.meshtrace_span_metrics"
+        return self._name("meshtrace_span_metrics")
 
     @property
     def edge_halves(self) -> str:
-        return f"`{self.database}`.meshtrace_edge_halves"
+        return self._name("meshtrace_edge_halves")
 
     @property
     def service_graph(self) -> str:
-        return f"`{self.database}`.meshtrace_service_graph"
+        return self._name("meshtrace_service_graph")
 
     @property
     def graph_progress(self) -> str:
-        return f"`{self.database}`.meshtrace_graph_progress"
+        return self._name("meshtrace_graph_progress")
+
+    @property
+    def migrations(self) -> str:
+        return self._name("meshtrace_schema_migrations")
+
+    @property
+    def on_cluster(self) -> str:
+        return f" ON CLUSTER `{self.cluster}`" if self.cluster and self.replicated else ""
+
+    @property
+    def session_settings(self) -> dict[str, str | int]:
+        """Settings every connection needs: on a cluster, subqueries over Distributed tables run once on
+        the node that asked (``GLOBAL IN``) instead of being refused, and an insert returns only once every
+        shard has its rows (an acknowledged span is on disk, not in a node's send queue)."""
+        if not self.cluster:
+            return {}
+        return {"distributed_product_mode": "global", "insert_distributed_sync": 1}
 
     def table_settings(self, granularity: int = 8192) -> str:
         # Deduplication makes a replayed write-ahead-log batch a no-op (the token is the batch id).
-        settings = [
-            f"index_granularity = {granularity}",
-            "ttl_only_drop_parts = 1",
-            "non_replicated_deduplication_window = 10000",
-        ]
+        settings = [f"index_granularity = {granularity}", "ttl_only_drop_parts = 1"]
+        if self.cluster and self.replicated:
+            settings.append("replicated_deduplication_window = 10000")
+        else:
+            settings.append("non_replicated_deduplication_window = 10000")
         if self.embedded:
             # Merged-away parts linger 8 minutes by default; on a laptop that is up to 3x the disk.
             settings.append("old_parts_lifetime = 60")
@@ -173,14 +208,43 @@ class Schema:
     def ttl(self, column: str) -> str:
         return f"TTL toDateTime({column}) + toIntervalSecond({self.retention_s})"
 
+    def _engine(self, engine: str, table: str, sharded: bool) -> str:
+        if not (self.cluster and self.replicated):
+            return engine
+        kind, _, args = engine.partition("(")
+        shard = "{shard}" if sharded else "all"  # a table every node holds whole: one path for all
+        path = f"'{self.keeper_path}/{shard}/{self.database}/{table}', '{{replica}}'"
+        extra = args.rstrip(")")
+        return f"Replicated{kind}({path}{', ' + extra if extra else ''})"
+
+    def table(self, table: str, body: str, engine: str, tail: str, shard_key: str | None) -> list[str]:
+        """CREATE a table. ``shard_key`` None: a small table every node holds whole (never sharded)."""
+        sharded = shard_key is not None
+        local = self.local(table) if sharded else self._name(table)
+        statements = [
+            f"CREATE TABLE IF NOT EXISTS {local}{self.on_cluster} (\n{body}\n) "
+            f"ENGINE = {self._engine(engine, f'{table}_local' if self.cluster and sharded else table, sharded)}\n{tail}"
+        ]
+        if self.cluster and sharded:
+            statements.append(
+                f"CREATE TABLE IF NOT EXISTS {self._name(table)}{self.on_cluster} AS {local}\n"
+                f"ENGINE = Distributed('{self.cluster}', '{self.database}', '{table}_local', {shard_key})"
+            )
+        return statements
+
+    def view(self, name: str, target: str, select: str) -> str:
+        return f"CREATE MATERIALIZED VIEW IF NOT EXISTS {self._name(name)}{self.on_cluster}\nTO {target}\nAS {select}"
+
     def statements(self) -> list[str]:
         """Idempotent DDL, in dependency order."""
         hot_columns = "\n".join(f"    {col} LowCardinality(String)," for col in HOT_ATTRIBUTES.values())
         hot_values = ",\n".join(f"    SpanAttributes['{key}'] AS {col}" for key, col in HOT_ATTRIBUTES.items())
+        by_trace = "cityHash64(TraceId)"
         return [
-            f"CREATE DATABASE IF NOT EXISTS `{self.database}`",
-            f"""CREATE TABLE IF NOT EXISTS {self.traces} (
-    Timestamp DateTime64(9) CODEC(Delta, ZSTD(1)),
+            f"CREATE DATABASE IF NOT EXISTS `{self.database}`{self.on_cluster}",
+            *self.table(
+                "otel_traces",
+                """    Timestamp DateTime64(9) CODEC(Delta, ZSTD(1)),
     TraceId String CODEC(ZSTD(1)),
     SpanId String CODEC(ZSTD(1)),
     ParentSpanId String CODEC(ZSTD(1)),
@@ -212,34 +276,42 @@ class Schema:
     INDEX idx_res_attr_value mapValues(ResourceAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
     INDEX idx_span_attr_key mapKeys(SpanAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
     INDEX idx_span_attr_value mapValues(SpanAttributes) TYPE bloom_filter(0.01) GRANULARITY 1,
-    INDEX idx_duration Duration TYPE minmax GRANULARITY 1
-) ENGINE = MergeTree
-PARTITION BY toDate(Timestamp)
+    INDEX idx_duration Duration TYPE minmax GRANULARITY 1""",
+                "MergeTree",
+                f"""PARTITION BY toDate(Timestamp)
 ORDER BY (Tenant, toStartOfTenMinutes(Timestamp), TraceId)
 {self.ttl("Timestamp")}
 SETTINGS {self.table_settings(granularity=1024)},
     min_bytes_for_wide_part = 1000000000000, min_rows_for_wide_part = 1000000000""",
-            f"""CREATE TABLE IF NOT EXISTS {self.trace_id_ts} (
-    TraceId String CODEC(ZSTD(1)),
+                by_trace,
+            ),
+            *self.table(
+                "otel_traces_trace_id_ts",
+                """    TraceId String CODEC(ZSTD(1)),
     Start DateTime CODEC(Delta, ZSTD(1)),
     End DateTime CODEC(Delta, ZSTD(1)),
-    INDEX idx_trace_id TraceId TYPE bloom_filter(0.01) GRANULARITY 1
-) ENGINE = MergeTree
-PARTITION BY toDate(Start)
+    INDEX idx_trace_id TraceId TYPE bloom_filter(0.01) GRANULARITY 1""",
+                "MergeTree",
+                f"""PARTITION BY toDate(Start)
 ORDER BY (TraceId, Start)
 {self.ttl("Start")}
 SETTINGS {self.table_settings(granularity=1024)}""",
-            f"""CREATE MATERIALIZED VIEW IF NOT EXISTS `{self.database}`.otel_traces_trace_id_ts_mv
-TO {self.trace_id_ts}
-AS SELECT
+                by_trace,
+            ),
+            self.view(
+                "otel_traces_trace_id_ts_mv",
+                self.local("otel_traces_trace_id_ts"),
+                f"""SELECT
     TraceId,
     min(Timestamp) AS Start,
     max(Timestamp) AS End
-FROM {self.traces}
+FROM {self.local("otel_traces")}
 WHERE TraceId != ''
 GROUP BY TraceId""",
-            f"""CREATE TABLE IF NOT EXISTS {self.span_index} (
-    Tenant LowCardinality(String),
+            ),
+            *self.table(
+                "meshtrace_span_index",
+                f"""    Tenant LowCardinality(String),
     ServiceName LowCardinality(String),
     SpanName LowCardinality(String),
     SpanKind LowCardinality(String),
@@ -248,49 +320,64 @@ GROUP BY TraceId""",
     Duration UInt64 CODEC(ZSTD(1)),
     StatusCode LowCardinality(String),
 {hot_columns}
-    INDEX idx_duration Duration TYPE minmax GRANULARITY 1
-) ENGINE = MergeTree
-PARTITION BY toDate(Timestamp)
+    INDEX idx_duration Duration TYPE minmax GRANULARITY 1""",
+                "MergeTree",
+                f"""PARTITION BY toDate(Timestamp)
 ORDER BY (Tenant, ServiceName, SpanName, toDateTime(Timestamp))
 {self.ttl("Timestamp")}
 SETTINGS {self.table_settings()}""",
-            f"""CREATE MATERIALIZED VIEW IF NOT EXISTS `{self.database}`.meshtrace_span_index_mv
-TO {self.span_index}
-AS SELECT
+                by_trace,
+            ),
+            self.view(
+                "meshtrace_span_index_mv",
+                self.local("meshtrace_span_index"),
+                f"""SELECT
     Tenant, ServiceName, SpanName, SpanKind, Timestamp, TraceId, Duration, StatusCode,
 {hot_values}
-FROM {self.traces}""",
-            f"""CREATE TABLE IF NOT EXISTS {self.operations} (
-    Tenant LowCardinality(String),
+FROM {self.local("otel_traces")}""",
+            ),
+            *self.table(
+                "meshtrace_operations",
+                """    Tenant LowCardinality(String),
     ServiceName LowCardinality(String),
     SpanName LowCardinality(String),
     SpanKind LowCardinality(String),
-    LastSeen DateTime
-) ENGINE = ReplacingMergeTree(LastSeen)
-ORDER BY (Tenant, ServiceName, SpanName, SpanKind)
+    LastSeen DateTime""",
+                "ReplacingMergeTree(LastSeen)",
+                f"""ORDER BY (Tenant, ServiceName, SpanName, SpanKind)
 TTL LastSeen + toIntervalSecond({self.retention_s})""",
-            f"""CREATE MATERIALIZED VIEW IF NOT EXISTS `{self.database}`.meshtrace_operations_mv
-TO {self.operations}
-AS SELECT Tenant, ServiceName, SpanName, SpanKind, max(toDateTime(Timestamp)) AS LastSeen
-FROM {self.traces}
+                "cityHash64(Tenant, ServiceName)",
+            ),
+            self.view(
+                "meshtrace_operations_mv",
+                self.local("meshtrace_operations"),
+                f"""SELECT Tenant, ServiceName, SpanName, SpanKind, max(toDateTime(Timestamp)) AS LastSeen
+FROM {self.local("otel_traces")}
 GROUP BY Tenant, ServiceName, SpanName, SpanKind""",
-            f"""CREATE TABLE IF NOT EXISTS {self.request_ids} (
-    Tenant LowCardinality(String),
+            ),
+            *self.table(
+                "meshtrace_request_ids",
+                """    Tenant LowCardinality(String),
     RequestId String CODEC(ZSTD(1)),
     TraceId String CODEC(ZSTD(1)),
-    Start DateTime CODEC(Delta, ZSTD(1))
-) ENGINE = MergeTree
-PARTITION BY toDate(Start)
+    Start DateTime CODEC(Delta, ZSTD(1))""",
+                "MergeTree",
+                f"""PARTITION BY toDate(Start)
 ORDER BY (Tenant, RequestId)
 {self.ttl("Start")}
 SETTINGS {self.table_settings(granularity=1024)}""",
-            f"""CREATE MATERIALIZED VIEW IF NOT EXISTS `{self.database}`.meshtrace_request_ids_mv
-TO {self.request_ids}
-AS SELECT Tenant, SpanAttributes['{REQUEST_ID}'] AS RequestId, TraceId, min(toDateTime(Timestamp)) AS Start
-FROM {self.traces}
+                by_trace,
+            ),
+            self.view(
+                "meshtrace_request_ids_mv",
+                self.local("meshtrace_request_ids"),
+                f"""SELECT Tenant, SpanAttributes['{REQUEST_ID}'] AS RequestId, TraceId,
+    min(toDateTime(Timestamp)) AS Start
+FROM {self.local("otel_traces")}
 WHERE RequestId != ''
 GROUP BY Tenant, RequestId, TraceId""",
-            f"""CREATE TABLE IF NOT EXISTS {self.otlp_in} (
+            ),
+            f"""CREATE TABLE IF NOT EXISTS {self.otlp_in}{self.on_cluster} (
     resource_spans Array(Tuple(
         resource Tuple(attributes {_ATTRS}),
         scope_spans Array(Tuple(
@@ -307,9 +394,10 @@ GROUP BY Tenant, RequestId, TraceId""",
     )),
     tenant String
 ) ENGINE = Null""",
-            f"""CREATE MATERIALIZED VIEW IF NOT EXISTS `{self.database}`.meshtrace_otlp_in_mv
-TO {self.traces}
-AS SELECT
+            self.view(
+                "meshtrace_otlp_in_mv",
+                self.traces,
+                f"""SELECT
     fromUnixTimestamp64Nano(toInt64(s.start_time_unix_nano)) AS Timestamp,
     {_hex_id("s.trace_id")} AS TraceId,
     {_hex_id("s.span_id")} AS SpanId,
@@ -341,16 +429,21 @@ ARRAY JOIN resource_spans AS rs
 ARRAY JOIN rs.scope_spans AS ss
 ARRAY JOIN ss.spans AS s
 WHERE length(s.trace_id) = 16 AND length(s.span_id) = 8""",
+            ),
             *analytics_schema.statements(self),
         ]
 
     def retention_statements(self) -> list[str]:
         """Bring an existing database's TTL in line with ``retention_s`` (no-op if equal)."""
         return [
-            f"ALTER TABLE {self.traces} MODIFY {self.ttl('Timestamp')}",
-            f"ALTER TABLE {self.trace_id_ts} MODIFY {self.ttl('Start')}",
-            f"ALTER TABLE {self.span_index} MODIFY {self.ttl('Timestamp')}",
-            f"ALTER TABLE {self.operations} MODIFY TTL LastSeen + toIntervalSecond({self.retention_s})",
-            f"ALTER TABLE {self.request_ids} MODIFY {self.ttl('Start')}",
+            self.alter("otel_traces", f"MODIFY {self.ttl('Timestamp')}"),
+            self.alter("otel_traces_trace_id_ts", f"MODIFY {self.ttl('Start')}"),
+            self.alter("meshtrace_span_index", f"MODIFY {self.ttl('Timestamp')}"),
+            self.alter("meshtrace_operations", f"MODIFY TTL LastSeen + toIntervalSecond({self.retention_s})"),
+            self.alter("meshtrace_request_ids", f"MODIFY {self.ttl('Start')}"),
             *analytics_schema.retention_statements(self),
         ]
+
+    def alter(self, table: str, change: str) -> str:
+        """ALTER a sharded table where its rows live (every node's local table on a cluster)."""
+        return f"ALTER TABLE {self.local(table)}{self.on_cluster} {change}"
