@@ -7,8 +7,6 @@ INVALID_ARGUMENT and UNAUTHENTICATED are permanent; UNAVAILABLE carries a RetryI
 
 from __future__ import annotations
 
-import logging
-
 import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -16,8 +14,6 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from meshtrace.errors import MalformedRequest, Overloaded, PayloadTooLarge, StoreError, Unauthenticated
 from meshtrace.ingest.auth import TokenAuth
 from meshtrace.ingest.service import IngestService, response_protobuf
-
-log = logging.getLogger(__name__)
 
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 
@@ -57,7 +53,6 @@ class TraceServiceHandler:
             )
         except StoreError as exc:
             self.ingest.count_failure("grpc", exc)
-            log.error("export failed: %s", exc)
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,
                 f"the store failed: {exc}",

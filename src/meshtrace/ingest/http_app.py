@@ -7,7 +7,6 @@ success (with ``partial_success`` when spans were refused) and a ``google.rpc.St
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -31,8 +30,6 @@ from meshtrace.ingest.body import decode_content, read_limited
 from meshtrace.ingest.service import IngestService, response_protobuf
 from meshtrace.model.otlp_json import parse_otlp_json, response_json
 from meshtrace.model.zipkin import parse_zipkin_json
-
-log = logging.getLogger(__name__)
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -96,8 +93,6 @@ class OtlpHttpApp:
             return await work(tenant, await self._body(request))
         except (IngestError, StoreError) as exc:
             self.ingest.count_failure(transport, exc)
-            if isinstance(exc, StoreError):
-                log.error("export failed: %s", exc)
             return error_response(exc, media)
 
     async def otlp_traces(self, request: Request) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from meshtrace.errors import MalformedRequest, Overloaded, PayloadTooLarge, Stor
 from meshtrace.metrics import Metrics
 from meshtrace.model.validate import Validated, validate, validate_bytes
 from meshtrace.store.api import SpanBatch, SpanWriter
+
+log = logging.getLogger(__name__)
 
 OUTCOMES: dict[type[Exception], str] = {
     Unauthenticated: "unauthenticated",
@@ -64,6 +67,9 @@ class IngestService:
         self.retention_ns = retention_ns
         self._rejections: dict[str, deque[Rejection]] = {}
         self.totals: dict[str, dict[str, int]] = {}  # per tenant since start: received, accepted, rejected
+        self._failure_message = ""
+        self._failure_logged = 0.0
+        self._failures_unlogged = 0
 
     def recent_rejections(self, tenant: str) -> list[Rejection]:
         """The tenant's latest requests with rejected spans, newest first."""
@@ -111,3 +117,16 @@ class IngestService:
     def count_failure(self, transport: str, error: Exception) -> None:
         outcome = next((name for cls, name in OUTCOMES.items() if isinstance(error, cls)), "error")
         self.metrics.requests.labels(transport, outcome).inc()
+        if isinstance(error, StoreError):
+            self._log_store_failure(error)
+
+    def _log_store_failure(self, error: StoreError) -> None:
+        """A broken store fails every request alike: say so once, then every 10 s with how many more."""
+        now = time.monotonic()
+        message = str(error)
+        if message != self._failure_message or now - self._failure_logged >= 10:
+            more = f" ({self._failures_unlogged} more like it)" if self._failures_unlogged else ""
+            log.error("export failed: %s%s", message, more)
+            self._failure_message, self._failure_logged, self._failures_unlogged = message, now, 0
+        else:
+            self._failures_unlogged += 1

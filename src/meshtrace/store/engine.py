@@ -61,6 +61,13 @@ def _translated(what: str) -> Iterator[None]:
         raise StoreError(f"{what}: {exc}") from exc
 
 
+# Errors of a failed write, counted by the engine even when its streaming insert does not raise them.
+_WRITE_ERRORS_SQL = """SELECT sum(value), argMax(last_error_message, last_error_time) FROM system.errors
+WHERE NOT remote AND name IN ('NOT_ENOUGH_SPACE', 'CANNOT_WRITE_TO_FILE_DESCRIPTOR', 'CANNOT_FSYNC',
+    'CANNOT_WRITE_TO_OSTREAM', 'CANNOT_ALLOCATE_MEMORY', 'MEMORY_LIMIT_EXCEEDED', 'TOO_MANY_PARTS',
+    'CANNOT_OPEN_FILE', 'CANNOT_CLOSE_FILE', 'CANNOT_TRUNCATE_FILE', 'CANNOT_RENAME_FILE')"""
+
+
 def _setting(key: str, value: str | int) -> str:
     if isinstance(value, str):
         escaped = value.replace("\\", "\\\\").replace("'", "\\'")
@@ -134,12 +141,26 @@ class ChdbEngine:
         return orjson.loads(raw)["data"]
 
     def insert(self, table: str, data: bytes, fmt: str, settings: Mapping[str, str | int]) -> None:
+        # The embedded engine's streaming insert reports success when writing the part failed (a full
+        # disk: NOT_ENOUGH_SPACE); the engine's error counters do see it, so they are read around it.
+        conn = self._conn()
+        before, _ = self._write_errors(conn)
         with (
             _translated(f"insert into {table} failed"),
-            self._conn().send_insert(f"INSERT INTO {table}{_settings_clause(settings)}", fmt) as inserter,
+            conn.send_insert(f"INSERT INTO {table}{_settings_clause(settings)}", fmt) as inserter,
         ):
             inserter.append(data)
             inserter.finish()
+        after, message = self._write_errors(conn)
+        if after != before:
+            raise StoreError(f"insert into {table} failed: {message}")
+
+    @staticmethod
+    def _write_errors(conn: Any) -> tuple[int, str]:
+        with _translated("cannot read the engine's error counters"):
+            raw = conn.query(_WRITE_ERRORS_SQL, "JSONCompact").bytes()
+        count, message = orjson.loads(raw)["data"][0]
+        return int(count), str(message)
 
     def format_schema_settings(self, name: str, text: str, message: str) -> dict[str, str | int]:
         # An inline schema would be cached in the process's working directory; a file in the store's

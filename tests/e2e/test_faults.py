@@ -1,0 +1,77 @@
+"""Faults a backend meets in production, and what its users see: a full disk, an unreachable ClickHouse.
+Each counts that no acknowledged span is lost."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from google.rpc import status_pb2
+
+from .conftest import TOKENS, stored, token_args, wait_until
+from .test_durability import requests
+
+HEADERS = {"Content-Type": "application/x-protobuf", "Authentication": TOKENS["acme"]}
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 MiB filesystem of its own (tmpfs), so filling it fills nothing else."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill(disk: Path, leave: int) -> Path:
+    filler = disk / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+        except OSError:
+            pass
+    os.truncate(filler, max(filler.stat().st_size - leave, 0))
+    return filler
+
+
+def test_a_full_disk_refuses_retryably_and_loses_nothing_acknowledged(tmp_path, servers, small_disk):
+    server = servers(tmp_path / "proc", *token_args(), "--flush-interval", "50ms", "--data", str(small_disk / "data"))
+    filler = _fill(small_disk, leave=3 << 20)
+    acked, refused = 0, []
+    with httpx.Client(timeout=30) as client:
+        for body, spans, _ in requests(300, 8, seed=11):
+            response = client.post(f"{server.otlp_http}/v1/traces", content=body, headers=HEADERS)
+            if response.status_code == 200:
+                acked += spans
+            else:
+                refused.append(response)
+        assert acked > 0, "some requests fit before the disk filled"
+        assert refused, "a full disk must refuse"
+        # Retryable, saying why: the Collector keeps the data and tries again.
+        assert {r.status_code for r in refused} == {503}
+        assert all(1 <= int(r.headers["Retry-After"]) <= 30 for r in refused)
+        assert "No space left on device" in status_pb2.Status.FromString(refused[-1].content).message
+        problems = wait_until(lambda: server.api(None).get("/readyz").json()["problems"] or None)
+        assert "not enough space" in problems[0]
+
+        filler.unlink()  # the operator frees space: what was acknowledged reaches the store by itself
+        wait_until(lambda: stored(server)[0] == acked, timeout=60)
+        assert server.api(None).get("/readyz").status_code == 200
+        for body, _, _ in requests(10, 8, seed=12):
+            assert client.post(f"{server.otlp_http}/v1/traces", content=body, headers=HEADERS).status_code == 200
+    assert "more like it" in server.log() or server.log().count("export failed") <= 3  # no line per request
+    assert server.stop() == 0
+    restarted = servers(tmp_path / "proc", *token_args(), "--data", str(small_disk / "data"))
+    spans, _, distinct = stored(restarted)
+    assert spans == distinct == acked + sum(s for _, s, _ in requests(10, 8, seed=12))
