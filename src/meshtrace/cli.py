@@ -156,6 +156,27 @@ def serve(
         int,
         typer.Option(help="Concurrent inserts into ClickHouse (one insert uses one core).", envvar="MESHTRACE_WRITERS"),
     ] = 2,
+    query_timeout: Annotated[
+        str,
+        typer.Option(
+            help="Stop a query (search, trace, graph) that runs longer, answering 504.",
+            envvar="MESHTRACE_QUERY_TIMEOUT",
+        ),
+    ] = "30s",
+    max_request_spans: Annotated[
+        int,
+        typer.Option(
+            help="Refuse an export request with more spans (413 / RESOURCE_EXHAUSTED, not retried).",
+            envvar="MESHTRACE_MAX_REQUEST_SPANS",
+        ),
+    ] = 100_000,
+    max_trace_spans: Annotated[
+        int,
+        typer.Option(
+            help="Return at most this many spans of one trace (the first ones, with a warning).",
+            envvar="MESHTRACE_MAX_TRACE_SPANS",
+        ),
+    ] = 100_000,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.", envvar="MESHTRACE_LOG_LEVEL")] = "info",
     config: Annotated[
         str | None,
@@ -191,6 +212,9 @@ def serve(
         "flush_spans": flush_spans,
         "max_pending": max_pending,
         "writers": writers,
+        "query_timeout": query_timeout,
+        "max_request_spans": max_request_spans,
+        "max_trace_spans": max_trace_spans,
         "log_level": log_level,
     }
     overrides: dict[str, tuple[Any, str]] = {}

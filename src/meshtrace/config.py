@@ -29,6 +29,9 @@ FIXES = {
     "max_pending": "give a size such as 256MiB",
     "flush_interval": "give a duration such as 200ms",
     "graph_wait": "give a duration such as 10s",
+    "query_timeout": "give a duration such as 30s or 2m",
+    "max_request_spans": "give a number of spans, e.g. 100000",
+    "max_trace_spans": "give a number of spans, e.g. 100000",
     "tokens": "map each tenant to a token or a list of tokens, e.g. {acme: s3cret}",
     "store": "use clickhouse://host:8123/database, or leave it unset for the embedded engine",
 }
@@ -57,6 +60,9 @@ class ServeConfig(BaseModel):
     flush_spans: int = Field(default=10_000, ge=1, le=1_000_000)
     max_pending: str = "256MiB"
     writers: int = Field(default=2, ge=1, le=16)
+    query_timeout: str = "30s"
+    max_request_spans: int = Field(default=100_000, ge=1)
+    max_trace_spans: int = Field(default=100_000, ge=1)
     log_level: str = "info"
 
     @field_validator("grpc", "otlp_http", "http")
@@ -65,7 +71,7 @@ class ServeConfig(BaseModel):
         parse_address(value)
         return value
 
-    @field_validator("retention", "flush_interval", "graph_wait")
+    @field_validator("retention", "flush_interval", "graph_wait", "query_timeout")
     @classmethod
     def _duration(cls, value: str) -> str:
         try:
@@ -122,6 +128,8 @@ class ServeConfig(BaseModel):
             max_pending_bytes=parse_size(self.max_pending),
             inserters=self.writers,
             graph_wait_ms=parse_duration_ns(self.graph_wait) // 1_000_000,
+            query_timeout_s=max(round(parse_duration_ns(self.query_timeout) / 1e9), 1),
+            max_trace_spans=self.max_trace_spans,
         )
 
 

@@ -18,7 +18,8 @@ protobuf) are translated where they are called, so callers only ever see this tr
     ├── StoreError             the ClickHouse engine failed or is unreachable
     └── QueryError             a query that cannot be answered as asked
         ├── InvalidQuery       bad parameter (id, duration, time)  → HTTP 400
-        └── TraceNotFound      no such trace for this tenant       → HTTP 404
+        ├── TraceNotFound      no such trace for this tenant       → HTTP 404
+        └── QueryTimeout       ran past --query-timeout, stopped   → HTTP 504
 """
 
 from __future__ import annotations
@@ -102,3 +103,7 @@ class InvalidQuery(QueryError):
 
 class TraceNotFound(QueryError):
     """No trace with this id is visible to the caller's tenant."""
+
+
+class QueryTimeout(QueryError):
+    """The engine stopped a read that ran past the configured time limit."""

@@ -170,7 +170,12 @@ class Backend:
         )
         self.metrics.gauge("meshtrace_store_parts", "Active parts of the store's tables.", lambda: size.get().parts)
 
-        ingest = IngestService(writer, self.metrics, retention_ns=config.retention_s * 1_000_000_000)
+        ingest = IngestService(
+            writer,
+            self.metrics,
+            retention_ns=config.retention_s * 1_000_000_000,
+            max_request_spans=config.max_request_spans,
+        )
         socks = {
             "otlp_http": bind(config.address("otlp_http"), "otlp_http"),
             "http": bind(config.address("http"), "http"),

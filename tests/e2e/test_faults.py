@@ -1,10 +1,12 @@
-"""Faults a backend meets in production, and what its users see: a full disk, an unreachable ClickHouse.
-Each counts that no acknowledged span is lost."""
+"""Faults a backend meets in production, and what its users see: a full disk, hosts whose clocks
+disagree. Each counts that no acknowledged span is lost."""
 
 from __future__ import annotations
 
 import os
+import random
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +14,9 @@ import httpx
 import pytest
 from google.rpc import status_pb2
 
-from .conftest import TOKENS, stored, token_args, wait_until
+from meshtrace.testing.bookinfo import bookinfo_trace
+
+from .conftest import TOKENS, post_traces, stored, token_args, wait_until
 from .test_durability import requests
 
 HEADERS = {"Content-Type": "application/x-protobuf", "Authentication": TOKENS["acme"]}
@@ -75,3 +79,53 @@ def test_a_full_disk_refuses_retryably_and_loses_nothing_acknowledged(tmp_path, 
     restarted = servers(tmp_path / "proc", *token_args(), "--data", str(small_disk / "data"))
     spans, _, distinct = stored(restarted)
     assert spans == distinct == acked + sum(s for _, s, _ in requests(10, 8, seed=12))
+
+
+def test_clock_skew_between_hosts_is_shown_adjusted_and_loses_nothing(tmp_path, servers):
+    """reviews' host runs 5 s fast, details' 3 s slow: every span is stored as sent, the trace view moves
+    each skewed call into its caller (saying so), and the service graph still pairs every call."""
+    server = servers(tmp_path / "skew", *token_args(), "--flush-interval", "50ms", "--graph-wait", "1s")
+    rng = random.Random(21)
+    traces = [bookinfo_trace(rng, time.time_ns() - 5 * 10**9, reviews_version="v2") for _ in range(20)]
+    skew = {"reviews.default": 5 * 10**9, "details.default": -3 * 10**9}
+    for trace in traces:
+        for item in trace.spans:
+            item.span.start_time_unix_nano += skew.get(item.service, 0)
+            item.span.end_time_unix_nano += skew.get(item.service, 0)
+    post_traces(server, traces)
+    sent = sum(len(t.spans) for t in traces)
+    wait_until(lambda: stored(server)[0] == sent)
+
+    api = server.api()
+    raw = api.get(f"/api/traces/{traces[0].hex_id}", params={"raw": "true"}).json()["data"][0]
+    shown = api.get(f"/api/traces/{traces[0].hex_id}").json()["data"][0]
+    assert len(shown["spans"]) == len(raw["spans"]) == len(traces[0].spans)
+    by_id = {s["spanID"]: s for s in shown["spans"]}
+    raw_start = {s["spanID"]: s["startTime"] for s in raw["spans"]}
+    processes = shown["processes"]
+    moved = 0
+    for span in shown["spans"]:
+        parent = by_id.get(next((r["spanID"] for r in span["references"] if r["refType"] == "CHILD_OF"), ""))
+        service = processes[span["processID"]]["serviceName"]
+        if parent is None:
+            continue
+        assert parent["startTime"] <= span["startTime"]  # every span starts inside its parent now
+        assert span["startTime"] + span["duration"] <= parent["startTime"] + parent["duration"]
+        if span["warnings"]:
+            moved += 1
+            assert service in skew
+            assert span["startTime"] != raw_start[span["spanID"]]
+    assert moved >= 3  # reviews' server span and its client span to ratings, details' server span
+    assert "clock skew" in shown["warnings"][0]
+    assert raw["warnings"] is None
+
+    # Pairing follows arrival, not the spans' clocks: no call is mistaken for two lone halves.
+    def edges() -> dict[tuple[str, str], int] | None:
+        graph = api.get("/meshtrace/v1/servicegraph", params={"lookback": "1h"}).json()
+        got = {(e["source"], e["target"]): e["calls"] for e in graph["edges"]}
+        return got if got.get(("productpage.default", "reviews.default")) == 20 else None
+
+    got = wait_until(edges, timeout=30)
+    assert got[("productpage.default", "details.default")] == 20
+    assert got[("reviews.default", "ratings.default")] == 20
+    assert not any("unknown" in key for key in got)

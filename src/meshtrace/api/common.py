@@ -8,7 +8,7 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
-from meshtrace.errors import InvalidQuery, MeshtraceError, StoreError, TraceNotFound, Unauthenticated
+from meshtrace.errors import InvalidQuery, MeshtraceError, QueryTimeout, StoreError, TraceNotFound, Unauthenticated
 from meshtrace.ingest.auth import TokenAuth
 from meshtrace.model.spans import SpanKind
 
@@ -18,6 +18,7 @@ _STATUS: dict[type[Exception], int] = {
     Unauthenticated: 401,
     InvalidQuery: 400,
     TraceNotFound: 404,
+    QueryTimeout: 504,
     StoreError: 503,
 }
 

@@ -109,10 +109,10 @@ def jaeger_trace(trace: Trace) -> dict[str, Any]:
                     for event in span.events
                 ],
                 "processID": pid,
-                "warnings": None,
+                "warnings": span.warnings or None,
             }
         )
-    return {"traceID": trace.trace_id, "spans": spans, "processes": processes, "warnings": None}
+    return {"traceID": trace.trace_id, "spans": spans, "processes": processes, "warnings": trace.warnings or None}
 
 
 # -- routes ----------------------------------------------------------------------------------------

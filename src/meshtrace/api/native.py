@@ -65,6 +65,7 @@ def span_json(span: Span) -> dict[str, Any]:
             }
             for link in span.links
         ],
+        "warnings": span.warnings,
     }
 
 
@@ -113,7 +114,7 @@ async def operations(request: Request, service: str, tenant: Tenant, kind: str |
 async def get_trace(request: Request, trace_id: str, tenant: Tenant, analysis: bool = False) -> JSONResponse:
     """``analysis=true`` adds what ``/traces/{id}/analysis`` answers, from the same read of the trace."""
     trace = await _query(request).get_trace(tenant, normalize_trace_id(trace_id))
-    body = {**trace_summary(trace), "spans": [span_json(s) for s in trace.spans]}
+    body = {**trace_summary(trace), "warnings": trace.warnings, "spans": [span_json(s) for s in trace.spans]}
     if analysis:
         body["analysis"] = await asyncio.to_thread(trace_analysis, trace)
     return JSONResponse(body)

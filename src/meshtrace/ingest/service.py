@@ -61,10 +61,18 @@ class Rejection:
 class IngestService:
     RECENT = 50  # rejections kept per tenant
 
-    def __init__(self, writer: SpanWriter, metrics: Metrics, *, retention_ns: int | None = None) -> None:
+    def __init__(
+        self,
+        writer: SpanWriter,
+        metrics: Metrics,
+        *,
+        retention_ns: int | None = None,
+        max_request_spans: int = 100_000,
+    ) -> None:
         self.writer = writer
         self.metrics = metrics
         self.retention_ns = retention_ns
+        self.max_request_spans = max_request_spans
         self._rejections: dict[str, deque[Rejection]] = {}
         self.totals: dict[str, dict[str, int]] = {}  # per tenant since start: received, accepted, rejected
         self._failure_message = ""
@@ -88,6 +96,13 @@ class IngestService:
 
     async def _store(self, tenant: str, checked: Validated, transport: str) -> ExportResult:
         received = checked.accepted + checked.rejected
+        if received > self.max_request_spans:
+            # Refused whole, not cut: dropping part of a request would break its traces unseen.
+            raise PayloadTooLarge(
+                f"the request has {received} spans; at most {self.max_request_spans} are taken in one request "
+                "(the backend's --max-request-spans): send smaller batches (the Collector's batch processor "
+                "send_batch_max_size)"
+            )
         totals = self.totals.setdefault(tenant, {"received": 0, "accepted": 0, "rejected": 0})
         totals["received"] += received
         totals["rejected"] += checked.rejected

@@ -77,6 +77,7 @@ class Span:
     scope_version: str = ""
     events: list[Event] = field(default_factory=list)
     links: list[Link] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what an adjuster changed before showing it
 
     @property
     def end_ns(self) -> int:
@@ -91,6 +92,7 @@ class Span:
 class Trace:
     trace_id: str
     spans: list[Span]
+    warnings: list[str] = field(default_factory=list)  # shown with the trace (truncated, adjusted)
 
     @property
     def start_ns(self) -> int:

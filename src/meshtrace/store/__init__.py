@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from meshtrace.store.api import SpanBatch, SpanWriter, TimeRange, TraceQuery, TraceReader, TraceSummary
-from meshtrace.store.engine import ChdbEngine, Engine, ServerEngine, parse_server_url
+from meshtrace.store.engine import ChdbEngine, Engine, ServerEngine, TimeLimited, parse_server_url
 from meshtrace.store.graph import ServiceGraphBuilder
 from meshtrace.store.migrations import migrate
-from meshtrace.store.reader import ClickHouseReader
+from meshtrace.store.reader import MAX_TRACE_SPANS, ClickHouseReader
 from meshtrace.store.schema import Schema
 from meshtrace.store.wal import Record, Recovery, WriteAheadLog
 from meshtrace.store.writer import Writer
@@ -50,6 +50,8 @@ class StoreOptions:
     max_pending_bytes: int = 256 << 20
     inserters: int = 1
     graph_wait_ms: int = 10_000
+    query_timeout_s: int = 30
+    max_trace_spans: int = MAX_TRACE_SPANS
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +64,20 @@ class StoreSize:
 class Store:
     """One engine, its schema, and the reader and writer over it."""
 
-    def __init__(self, engine: Engine, schema: Schema, writer: Writer, *, owns_engine: bool = True) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        schema: Schema,
+        writer: Writer,
+        *,
+        owns_engine: bool = True,
+        query_timeout_s: int = 30,
+        max_trace_spans: int = MAX_TRACE_SPANS,
+    ) -> None:
         self.engine = engine
         self.schema = schema
         self.writer = writer
-        self.reader = ClickHouseReader(engine, schema)
+        self.reader = ClickHouseReader(TimeLimited(engine, query_timeout_s), schema, max_trace_spans=max_trace_spans)
         self.graph = ServiceGraphBuilder(engine, schema)
         self.analytics = self.reader.analytics
         self._owns_engine = owns_engine
@@ -120,7 +131,14 @@ class Store:
             inserters=options.inserters,
             on_commit=on_commit,
         )
-        store = cls(engine, schema, writer, owns_engine=owns_engine)
+        store = cls(
+            engine,
+            schema,
+            writer,
+            owns_engine=owns_engine,
+            query_timeout_s=options.query_timeout_s,
+            max_trace_spans=options.max_trace_spans,
+        )
         store.graph.wait_ms = options.graph_wait_ms
         return store
 

@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 
-from meshtrace.errors import ConfigError, StoreError
+from meshtrace.errors import ConfigError, QueryTimeout, StoreError
 
 _JSON_SETTINGS = " SETTINGS output_format_json_validate_utf8 = 1, output_format_json_quote_64bit_integers = 0"
 
@@ -305,3 +305,43 @@ class ServerEngine:
             with contextlib.suppress(Exception):
                 client.close()
         self._local = threading.local()
+
+
+class TimeLimited:
+    """The engine as the query APIs use it: every read stops after ``timeout_s``, so one search over a
+    month of spans cannot hold a core (and the request) for minutes."""
+
+    def __init__(self, engine: Engine, timeout_s: int) -> None:
+        self.engine = engine
+        self.timeout_s = timeout_s
+        self.embedded = engine.embedded
+        self.description = engine.description
+
+    def query(
+        self, sql: str, params: Mapping[str, Any] | None = None, settings: Mapping[str, str | int] | None = None
+    ) -> list[list[Any]]:
+        limited: dict[str, str | int] = {"max_execution_time": self.timeout_s, **(settings or {})}
+        try:
+            return self.engine.query(sql, params, limited)
+        except StoreError as exc:
+            if "TIMEOUT_EXCEEDED" not in str(exc):
+                raise
+            raise QueryTimeout(
+                f"the query ran longer than {self.timeout_s}s and was stopped (the backend's --query-timeout): "
+                "narrow the time range or the search"
+            ) from None
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> None:
+        self.engine.execute(sql, params)
+
+    def insert(self, table: str, data: bytes, fmt: str, settings: Mapping[str, str | int]) -> None:
+        self.engine.insert(table, data, fmt, settings)
+
+    def format_schema_settings(self, name: str, text: str, message: str) -> dict[str, str | int]:
+        return self.engine.format_schema_settings(name, text, message)
+
+    def configure(self, settings: Mapping[str, str | int]) -> None:
+        self.engine.configure(settings)
+
+    def close(self) -> None:
+        self.engine.close()

@@ -20,6 +20,7 @@ from meshtrace.store.traceql_sql import Plan, candidates
 _NS_PER_S = 1_000_000_000
 _REQUEST_SPAN_S = 3600  # how long after its first span a request's spans are looked for
 TAG_SAMPLE = 100_000  # spans whose attribute keys autocomplete looks at
+MAX_TRACE_SPANS = 100_000  # spans of one trace returned at most (a runaway trace would exhaust memory)
 
 SPAN_COLUMNS = """TraceId, SpanId, ParentSpanId, TraceState, SpanName, SpanKind, ServiceName,
     toUnixTimestamp64Nano(Timestamp), Duration, StatusCode, StatusMessage,
@@ -155,17 +156,32 @@ def search_conditions(query: TraceQuery, *, on_index: bool) -> Conditions:
 class ClickHouseReader:
     """Reads the tables ``Schema`` describes; every method may raise ``StoreError``."""
 
-    def __init__(self, engine: Engine, schema: Schema) -> None:
+    def __init__(self, engine: Engine, schema: Schema, *, max_trace_spans: int = MAX_TRACE_SPANS) -> None:
         self.engine = engine
         self.schema = schema
+        self.max_trace_spans = max_trace_spans
         self.analytics = AnalyticsReader(engine, schema)
 
     def _spans(self, where: Conditions) -> list[Span]:
+        # One span past the limit per trace tells a trace that was cut from one that just fits.
         rows = self.engine.query(
-            f"SELECT {SPAN_COLUMNS} FROM {self.schema.traces} WHERE {where.sql} ORDER BY Timestamp, SpanId",
-            where.params,
+            f"SELECT {SPAN_COLUMNS} FROM {self.schema.traces} WHERE {where.sql} ORDER BY Timestamp, SpanId "
+            "LIMIT {per_trace:UInt32} BY TraceId",
+            {**where.params, "per_trace": self.max_trace_spans + 1},
         )
         return [span_from_row(row) for row in rows]
+
+    def _trace(self, trace_id: str, spans: list[Span]) -> Trace:
+        if len(spans) <= self.max_trace_spans:
+            return Trace(trace_id, spans)
+        return Trace(
+            trace_id,
+            spans[: self.max_trace_spans],
+            [
+                f"this trace has more than {self.max_trace_spans} spans: only its first {self.max_trace_spans} "
+                "are shown (the backend's --max-trace-spans)"
+            ],
+        )
 
     def _located(self, where: Conditions, trace_ids: list[str]) -> list[Span]:
         """Spans of these traces, read at the (bucket, trace id) keys the lookup table gives for them."""
@@ -195,7 +211,7 @@ class ClickHouseReader:
             # moment before their location is. A miss is confirmed on the span table itself (its trace-id
             # bloom filter keeps that to a few granules), so nothing acknowledged and counted is a 404.
             spans = self._spans(where())
-        return Trace(trace_id, spans) if spans else None
+        return self._trace(trace_id, spans) if spans else None
 
     def find_trace_ids(self, query: TraceQuery) -> list[TraceSummary]:
         on_index = indexable(query)
@@ -247,7 +263,7 @@ class ClickHouseReader:
             where.add("TraceId IN {unlocated:Array(String)}", unlocated=unlocated)
             for span in self._spans(where):
                 by_trace[span.trace_id].append(span)
-        return [Trace(tid, spans) for tid, spans in by_trace.items() if spans]
+        return [self._trace(tid, spans) for tid, spans in by_trace.items() if spans]
 
     def traceql_candidates(
         self, tenant: str, time: TimeRange, planned: Plan, limit: int, offset: int = 0

@@ -53,6 +53,7 @@ function details(span, crit, self) {
       el("tr", {}, el("th", {}, "duration"), el("td", {}, duration(span.durationNanos))),
       el("tr", {}, el("th", {}, "self time"), el("td", {}, duration(self ?? 0))),
       el("tr", {}, el("th", {}, "on the critical path"), el("td", {}, duration(crit ?? 0)))),
+    (span.warnings || []).length ? el("ul", { class: "warnings" }, span.warnings.map((w) => el("li", {}, w))) : null,
     table("Attributes", span.attributes),
     table("Resource", span.resource),
     span.events.length ? el("section", {}, el("h3", {}, "Events"), span.events.map((e) =>
@@ -109,6 +110,8 @@ export async function render(view, traceId) {
       duration(trace.durationNanos), " · ", `${services.length} services`, " · ",
       el("span", { class: trace.errorCount ? "error" : "" }, `${trace.errorCount} errors`), " · ",
       el("span", { class: "mono" }, trace.traceId), " · ", time(trace.startTimeUnixNano)),
+    (trace.warnings || []).length ? el("ul", { class: "warnings", role: "status" },
+      trace.warnings.map((w) => el("li", {}, w))) : null,
     el("div", { class: "row tools" }, searchInput, found,
       el("span", { class: "spacer" }),
       el("span", { class: "legend" }, el("span", { class: "crit-swatch" }), "critical path"),
