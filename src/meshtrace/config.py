@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from meshtrace.errors import ConfigError, InvalidQuery
-from meshtrace.ingest.auth import DEFAULT_TENANT, check_tenant
+from meshtrace.ingest.auth import DEFAULT_TENANT, TENANT_RE
 from meshtrace.listen import Address, parse_address
 from meshtrace.query.params import parse_duration_ns, parse_size
 from meshtrace.store import StoreOptions
@@ -141,7 +141,11 @@ def normalize_tokens(value: Any) -> dict[str, list[str]]:
         raise ValueError("must be a mapping of tenant to token(s)")
     out: dict[str, list[str]] = {}
     for tenant, tokens in value.items():
-        check_tenant(str(tenant))
+        if not TENANT_RE.match(str(tenant)):
+            raise ValueError(
+                f"tenant name {str(tenant)!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
         items = [tokens] if isinstance(tokens, str) else tokens
         if not isinstance(items, list) or not items or not all(isinstance(t, str) and t.strip() for t in items):
             raise ValueError(f"tenant {tenant!r} needs a non-empty token or list of tokens")
@@ -217,7 +221,10 @@ def resolve_tokens(config: ServeConfig) -> tuple[dict[str, str], str | None]:
     if not tenants and not config.no_auth:
         path = os.path.join(config.data, "tokens.yaml")
         if os.path.exists(path):
-            tenants = normalize_tokens(load_yaml(path))
+            try:
+                tenants = normalize_tokens(load_yaml(path))
+            except ValueError as exc:
+                raise ConfigError(str(exc), source=path, fix=f"fix or delete {path}; a new token is made") from None
             generated = tenants.get(DEFAULT_TENANT, [None])[0]
         else:
             generated = secrets.token_urlsafe(24)

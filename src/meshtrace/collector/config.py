@@ -191,7 +191,7 @@ def build(doc: dict[str, Any], warnings: list[str] | None = None) -> CollectorCo
     config = CollectorConfig(warnings=list(warnings or []))
     unknown = set(doc) - {*SECTIONS, "service", "connectors"}
     if unknown:
-        raise CollectorConfigError(f"'' has invalid keys: {', '.join(sorted(unknown))}")
+        raise CollectorConfigError(f"'' has invalid keys: {', '.join(sorted(map(str, unknown)))}")
     if doc.get("connectors"):
         raise CollectorConfigError("'connectors' are not supported by meshtrace collector")
     for section in SECTIONS:
@@ -228,6 +228,23 @@ def build(doc: dict[str, Any], warnings: list[str] | None = None) -> CollectorCo
     return config
 
 
+def _map(value: Any, where: str) -> dict[Any, Any]:
+    """``value`` as a map (None is empty), or the Collector's error for ``where``."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise CollectorConfigError(f"'{where}' expected a map, got '{type(value).__name__}'")
+    return value
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise CollectorConfigError(f"'{where}' source data must be an array or slice, got {type(value).__name__}")
+    return value
+
+
 def _build_service(service: Any, config: CollectorConfig) -> None:
     from meshtrace.collector.registry import load_builtins
 
@@ -236,12 +253,12 @@ def _build_service(service: Any, config: CollectorConfig) -> None:
         raise CollectorConfigError("'service' expected a map")
     unknown = set(service) - {"extensions", "pipelines", "telemetry"}
     if unknown:
-        raise CollectorConfigError(f"'service' has invalid keys: {', '.join(sorted(unknown))}")
-    for ext in service.get("extensions") or []:
+        raise CollectorConfigError(f"'service' has invalid keys: {', '.join(sorted(map(str, unknown)))}")
+    for ext in _list(service.get("extensions"), "service::extensions"):
         if str(ext) not in config.extensions:
             raise CollectorConfigError(f'service::extensions: references extension "{ext}" which is not configured')
         config.service_extensions.append(str(ext))
-    pipelines = service.get("pipelines") or {}
+    pipelines = _map(service.get("pipelines"), "service::pipelines")
     if not pipelines:
         raise CollectorConfigError("service must have at least one pipeline")
     for pipeline_id, spec in pipelines.items():
@@ -253,14 +270,14 @@ def _build_service(service: Any, config: CollectorConfig) -> None:
                 f'service::pipelines: unknown signal "{signal_name}" for pipeline "{pipeline_id}" '
                 "(valid values: [logs metrics traces])"
             ) from None
-        spec = spec or {}
         where = f"service::pipelines::{pipeline_id}"
+        spec = _map(spec, where)
         extra = set(spec) - {"receivers", "processors", "exporters"}
         if extra:
-            raise CollectorConfigError(f"'{where}' has invalid keys: {', '.join(sorted(extra))}")
+            raise CollectorConfigError(f"'{where}' has invalid keys: {', '.join(sorted(map(str, extra)))}")
         lists: dict[str, list[str]] = {}
         for section in ("receivers", "processors", "exporters"):
-            items = [str(x) for x in (spec.get(section) or [])]
+            items = [str(x) for x in _list(spec.get(section), f"{where}::{section}")]
             known: dict[str, ComponentConfig] = getattr(config, section)
             for item in items:
                 if item not in known:
@@ -282,14 +299,18 @@ def _build_service(service: Any, config: CollectorConfig) -> None:
 
 
 def _telemetry(spec: Any) -> TelemetryConfig:
-    metrics = (spec or {}).get("metrics") or {}
-    logs = (spec or {}).get("logs") or {}
+    spec = _map(spec, "service::telemetry")
+    metrics = _map(spec.get("metrics"), "service::telemetry::metrics")
+    logs = _map(spec.get("logs"), "service::telemetry::logs")
     level = str(metrics.get("level", "normal")).lower()
     if level not in ("none", "basic", "normal", "detailed"):
         raise CollectorConfigError(f'service::telemetry::metrics::level: unknown level "{level}"')
     address: str | None = metrics.get("address")
-    for reader in metrics.get("readers") or []:
-        prometheus = (((reader or {}).get("pull") or {}).get("exporter") or {}).get("prometheus")
+    for i, reader in enumerate(_list(metrics.get("readers"), "service::telemetry::metrics::readers")):
+        where = f"service::telemetry::metrics::readers::{i}"
+        pull = _map(_map(reader, where).get("pull"), f"{where}::pull")
+        exporter = _map(pull.get("exporter"), f"{where}::pull::exporter")
+        prometheus = _map(exporter.get("prometheus"), f"{where}::pull::exporter::prometheus")
         if prometheus:
             address = f"{prometheus.get('host', 'localhost')}:{prometheus.get('port', 8888)}"
     if address is None and not metrics.get("readers"):

@@ -73,6 +73,8 @@ class OtlpReceiverSettings(Settings):
 
 def migrate(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     notes = []
+    if not isinstance(raw.get("protocols") or {}, dict):
+        return raw, []  # not a map: the settings model says so, with the path
     protocols = dict(raw.get("protocols") or {})
     for name, port in (("grpc", 4317), ("http", 4318)):
         if name in protocols and protocols[name] is None:
