@@ -43,7 +43,7 @@ def _proxy(mesh: MeshProcess, app: str) -> dict[str, Any]:
 
 
 def test_a_killed_sidecar_restarts_and_only_its_unexported_spans_are_missing(mesh, backend):
-    gateway = f"http://{mesh.gateway}/productpage"
+    gateway = f"{mesh.gateway}/productpage"
     wait_until(lambda: httpx.get(gateway, timeout=5, trust_env=False).status_code == 200, timeout=60)
     since = time.time()
     calls: list[tuple[float, float, str, int]] = []  # (start, end, x-client-trace-id, status or 0)
