@@ -35,9 +35,12 @@ test: lint $(CHROMIUM)
 screenshots: $(STAMP) $(CHROMIUM)
 	$(BIN)/python scripts/screenshots.py
 
-# A million mutated inputs per parser of untrusted input (OTLP protobuf/JSON, Zipkin JSON, TraceQL).
+# A million inputs per parser of untrusted input (OTLP protobuf/JSON, Zipkin JSON, TraceQL): mutated, then
+# coverage-guided (atheris, installed here only: it is a compiled fuzzer the test suite does not need).
 fuzz: $(STAMP)
 	$(BIN)/python -W error::FutureWarning scripts/fuzz.py --cases 1000000
+	$(BIN)/pip install -q atheris==3.0.0
+	$(BIN)/python -W error::FutureWarning scripts/fuzz_atheris.py --runs 1000000
 
 bench: $(STAMP) $(CHROMIUM)
 	$(BIN)/python benchmarks/ingest.py

@@ -69,6 +69,7 @@ def test_a_full_disk_refuses_retryably_and_loses_nothing_acknowledged(tmp_path, 
         problems = wait_until(lambda: server.api(None).get("/readyz").json()["problems"] or None)
         assert "not enough space" in problems[0]
 
+        print(f"acknowledged {acked} spans, refused {len(refused)} requests while full")  # pytest -s
         filler.unlink()  # the operator frees space: what was acknowledged reaches the store by itself
         wait_until(lambda: stored(server)[0] == acked, timeout=60)
         assert server.api(None).get("/readyz").status_code == 200

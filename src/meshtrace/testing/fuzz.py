@@ -179,5 +179,7 @@ def _keep(directory: Path | None, target: str, data: bytes) -> None:
 def kept(directory: Path) -> Iterator[tuple[str, Path]]:
     """Every kept crasher, for the regression test."""
     for target in TARGETS:
-        for path in sorted((directory / target).glob("*.bin")) if (directory / target).is_dir() else []:
+        folder = directory / target
+        # *.bin from the mutation fuzzer; crash-*, timeout-*, slow-unit-* from atheris (libFuzzer's names)
+        for path in sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []:
             yield target, path
