@@ -44,3 +44,18 @@ def test_the_tree_says_what_was_written() -> None:
     assert repr(tree).count("Attribute(scope='', name='service.name')") == 1
     assert "Literal(kind='duration', value=1500000" in repr(tree)
     assert "SpansetOp(op='>>'" in repr(tree)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "{ " + "(" * 3000 + "span.a" + ")" * 3000 + " = 1 }",  # deep recursion in the parser
+        "{ span.a = " + " + ".join(["1"] * 3000) + " }",  # a long chain: a deep tree to print and evaluate
+        "{ span.a" + " ^ 2" * 3000 + " = 1 }",  # right-associative: found by the coverage-guided fuzzer
+        "{ } | by(" + " + ".join(["span.a"] * 300) + ")",
+    ],
+    ids=["parentheses", "left-chain", "power-chain", "stage"],
+)
+def test_deeply_nested_queries_are_refused_with_an_error(query: str) -> None:
+    with pytest.raises(TraceQLError, match="nests expressions more than 100 levels deep"):
+        parse(query)

@@ -425,6 +425,37 @@ def _check_comparison(node: Binary, column: int) -> None:
         return
 
 
+MAX_DEPTH = 100  # nesting of expressions and spanset operators; deeper would exhaust Python's stack
+
+
+def _depth(query: Query) -> int:
+    """How deep the query's expression trees go, walked without recursion."""
+    deepest = 0
+    todo: list[tuple[object, int]] = [(query.spansets, 1)]
+    for stage in query.stages:
+        if isinstance(stage, Aggregate) and stage.field is not None:
+            todo.append((stage.field, 1))
+        elif isinstance(stage, (By, Select)):
+            todo += [(f, 1) for f in stage.fields]
+    while todo:
+        node, depth = todo.pop()
+        deepest = max(deepest, depth)
+        if isinstance(node, (Binary, SpansetOp)):
+            todo += [(node.left, depth + 1), (node.right, depth + 1)]
+        elif isinstance(node, Not):
+            todo.append((node.operand, depth + 1))
+        elif isinstance(node, SpansetFilter) and node.expr is not None:
+            todo.append((node.expr, depth + 1))
+    return deepest
+
+
 def parse(text: str) -> Query:
     """Parse a TraceQL query; raises ``TraceQLError`` (or ``TraceQLUnsupported``) with the column."""
-    return _Parser(text).query()
+    too_deep = f"the query nests expressions more than {MAX_DEPTH} levels deep: write it flatter"
+    try:
+        query = _Parser(text).query()
+    except RecursionError:
+        raise TraceQLError(too_deep, 1) from None
+    if _depth(query) > MAX_DEPTH:
+        raise TraceQLError(too_deep, 1)
+    return query
