@@ -85,19 +85,7 @@ class Store:
     @classmethod
     def open(cls, options: StoreOptions, on_commit: Callable[[list[Record], float], None] | None = None) -> Store:
         """Connect, create or update the schema; raises ``StoreError`` or ``ConfigError``."""
-        if options.url:
-            address = parse_server_url(options.url)
-            engine: Engine = ServerEngine(address)
-            schema = Schema(
-                database=address.database,
-                retention_s=options.retention_s,
-                embedded=False,
-                cluster=address.cluster,
-                replicated=address.replicated,
-            )
-        else:
-            engine = ChdbEngine(os.path.join(options.data_dir, "clickhouse"))
-            schema = Schema(retention_s=options.retention_s, embedded=True)
+        engine, schema = connect(options.url, options.data_dir, options.retention_s)
         try:
             return cls.create(engine, schema, options, on_commit)
         except Exception:
@@ -165,6 +153,26 @@ class Store:
         )
         spans, size, parts = rows[0] if rows else (0, 0, 0)
         return StoreSize(int(spans or 0), int(size or 0), int(parts or 0))
+
+
+def connect(url: str | None, data_dir: str, retention_s: int) -> tuple[Engine, Schema]:
+    """The engine (a server for ``url``, else embedded in ``data_dir``) and the schema laid out for it."""
+    if url:
+        address = parse_server_url(url)
+        engine: Engine = ServerEngine(address)
+        schema = Schema(
+            database=address.database,
+            retention_s=retention_s,
+            embedded=False,
+            cluster=address.cluster,
+            replicated=address.replicated,
+        )
+    else:
+        engine = ChdbEngine(os.path.join(data_dir, "clickhouse"))
+        schema = Schema(retention_s=retention_s, embedded=True)
+    if schema.session_settings:
+        engine.configure(schema.session_settings)
+    return engine, schema
 
 
 def apply_schema(engine: Engine, schema: Schema) -> None:

@@ -6,7 +6,6 @@ cluster, run ``meshtrace schema migrate`` once (a Kubernetes Job, say) before ro
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
 import typer
@@ -15,7 +14,8 @@ from rich.table import Table
 
 from meshtrace.errors import ConfigError, InvalidQuery, MeshtraceError
 from meshtrace.query.params import parse_duration_ns
-from meshtrace.store.engine import ChdbEngine, Engine, ServerEngine, parse_server_url
+from meshtrace.store import connect
+from meshtrace.store.engine import Engine
 from meshtrace.store.migrations import MIGRATIONS, migrate, status
 from meshtrace.store.schema import Schema
 
@@ -47,23 +47,7 @@ def _retention_s(text: str) -> int:
 
 
 def _open(store: str | None, data: str, retention: str) -> tuple[Engine, Schema]:
-    retention_s = _retention_s(retention)
-    if store:
-        address = parse_server_url(store)
-        schema = Schema(
-            database=address.database,
-            retention_s=retention_s,
-            embedded=False,
-            cluster=address.cluster,
-            replicated=address.replicated,
-        )
-        engine: Engine = ServerEngine(address)
-    else:
-        schema = Schema(retention_s=retention_s)
-        engine = ChdbEngine(os.path.join(data, "clickhouse"))
-    if schema.session_settings:
-        engine.configure(schema.session_settings)
-    return engine, schema
+    return connect(store, data, _retention_s(retention))
 
 
 def _fail(exc: MeshtraceError) -> typer.Exit:
