@@ -111,7 +111,7 @@ class Backend:
                 "lastInsertSeconds": writer.stats.last_insert_seconds,
                 "lastError": writer.stats.last_error,
             },
-            "serviceGraph": {"windows": graph.windows, "lastError": graph.last_error},
+            "serviceGraph": {"windows": graph.windows, "lastError": graph.last_error, "leading": graph.leading},
             "tenants": self._tenants(ingest) if tenant == self.config.admin_tenant else None,
             "rejections": [
                 {

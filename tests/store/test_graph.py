@@ -13,6 +13,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from meshtrace.store import Store
+from meshtrace.store import graph as graph_module
 from meshtrace.store.api import SpanBatch, TimeRange
 from meshtrace.store.engine import ChdbEngine
 from meshtrace.store.graph import ServiceGraphBuilder
@@ -169,5 +170,34 @@ def test_backends_sharing_a_store_count_each_window_once(
         assert edges[("productpage.default", "reviews.default", "")] == 30
         assert edges[("reviews.default", "ratings.default", "")] == 30
         assert edges[("user", "istio-ingressgateway.istio-system", "virtual_node")] == 30
+    finally:
+        asyncio.run(store.close())
+
+
+def test_one_backend_builds_and_another_takes_over_when_it_stops(
+    chdb_engine: ChdbEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(graph_module, "LEASE_S", 1)
+    store = new_store(chdb_engine, tmp_path, flush_interval=0.02)
+    first, second = store.graph, ServiceGraphBuilder(store.engine, store.schema)
+    first.id, second.id = "1000-a", "2000-b"  # the first started earlier
+    for b in (first, second):
+        b.wait_ms, b.step_ms, b.lag_ms = WAIT_MS, 250, 100
+    asyncio.run(store.writer.start())
+    try:
+        rng = random.Random(8)
+        _write(store, export_request([bookinfo_trace(rng, time.time_ns(), reviews_version="v1") for _ in range(10)]))
+        assert (first.beat(), second.beat()) == (True, False)
+        time.sleep(0.5)
+        assert first.advance() > 0  # up to its clock, as a running backend does
+        assert _edges(store)[("productpage.default", "reviews.default", "")] == 10
+        # The leader stops (its heartbeats age past the lease); the other takes over from its watermark.
+        time.sleep(1.2)
+        _write(store, export_request([bookinfo_trace(rng, time.time_ns(), reviews_version="v1") for _ in range(10)]))
+        assert second.beat() is True
+        assert second.advance(second.now_ms() + WAIT_MS + 500) > 0
+        assert _edges(store)[("productpage.default", "reviews.default", "")] == 20
+        assert first.beat() is True  # back: the oldest leads again, and the other stands by
+        assert second.beat() is False
     finally:
         asyncio.run(store.close())

@@ -39,17 +39,21 @@ def _drop_index(schema: Schema) -> list[str]:
     return [schema.alter("otel_traces", "DROP INDEX IF EXISTS idx_duration")]
 
 
-ADDITIVE = (*MIGRATIONS, Migration(2, "a column", _add_column))
-DESTRUCTIVE = (*ADDITIVE, Migration(3, "an index dropped", _drop_index, destructive=True))
+LATEST = len(MIGRATIONS)
+ADDITIVE = (*MIGRATIONS, Migration(LATEST + 1, "a column", _add_column))
+DESTRUCTIVE = (*ADDITIVE, Migration(LATEST + 2, "an index dropped", _drop_index, destructive=True))
+RELEASED = list(range(1, LATEST + 1))
 
 
 def test_a_new_database_gets_every_migration_once(chdb_engine: ChdbEngine, schema: Schema) -> None:
-    assert [m.version for m in status(chdb_engine, schema).pending] == [1]
-    assert [m.version for m in migrate(chdb_engine, schema)] == [1]
-    assert {"otel_traces", "meshtrace_service_graph", "meshtrace_schema_migrations"} <= _tables(chdb_engine, schema)
+    assert [m.version for m in status(chdb_engine, schema).pending] == RELEASED
+    assert [m.version for m in migrate(chdb_engine, schema)] == RELEASED
+    tables = _tables(chdb_engine, schema)
+    expected = {"otel_traces", "meshtrace_service_graph", "meshtrace_schema_migrations", "meshtrace_graph_builders"}
+    assert expected <= tables
     assert migrate(chdb_engine, schema) == []
     state = status(chdb_engine, schema)
-    assert (state.applied, state.pending, state.current) == ([1], [], 1)
+    assert (state.applied, state.pending, state.current) == (RELEASED, [], LATEST)
 
 
 def test_a_database_from_before_migrations_keeps_its_spans(chdb_engine: ChdbEngine, schema: Schema) -> None:
@@ -58,7 +62,7 @@ def test_a_database_from_before_migrations_keeps_its_spans(chdb_engine: ChdbEngi
     chdb_engine.execute(
         f"INSERT INTO {schema.traces} (Timestamp, TraceId, SpanId, Tenant) VALUES (now64(9), 'ab', 'cd', 't')"
     )
-    assert [m.version for m in migrate(chdb_engine, schema)] == [1]
+    assert [m.version for m in migrate(chdb_engine, schema)] == RELEASED
     assert chdb_engine.query(f"SELECT count() FROM {schema.traces}") == [[1]]
 
 
@@ -66,7 +70,7 @@ def test_backends_migrating_together_end_in_one_schema(chdb_engine: ChdbEngine, 
     migrate(chdb_engine, schema)
     with ThreadPoolExecutor(3) as pool:
         list(pool.map(lambda _: migrate(chdb_engine, schema, migrations=ADDITIVE), range(3)))
-    assert status(chdb_engine, schema, ADDITIVE).applied == [1, 2]
+    assert status(chdb_engine, schema, ADDITIVE).applied == [*RELEASED, LATEST + 1]
     columns = chdb_engine.query(
         "SELECT name FROM system.columns WHERE database = {db:String} AND table = 'otel_traces'",
         {"db": schema.database},
@@ -76,12 +80,14 @@ def test_backends_migrating_together_end_in_one_schema(chdb_engine: ChdbEngine, 
 
 def test_destructive_migrations_wait_for_the_flag(chdb_engine: ChdbEngine, schema: Schema) -> None:
     migrate(chdb_engine, schema)
-    with pytest.raises(MigrationError, match=r"destructive migration 3 \(an index dropped\).*--allow-destructive"):
+    with pytest.raises(
+        MigrationError, match=rf"destructive migration {LATEST + 2} \(an index dropped\).*--allow-destructive"
+    ):
         migrate(chdb_engine, schema, migrations=DESTRUCTIVE)
-    # Refused before anything ran: not even the harmless migration 2 before it.
-    assert status(chdb_engine, schema, DESTRUCTIVE).applied == [1]
+    # Refused before anything ran: not even the harmless migration before it.
+    assert status(chdb_engine, schema, DESTRUCTIVE).applied == RELEASED
     applied = migrate(chdb_engine, schema, migrations=DESTRUCTIVE, allow_destructive=True)
-    assert [m.version for m in applied] == [2, 3]
+    assert [m.version for m in applied] == [LATEST + 1, LATEST + 2]
     ddl = chdb_engine.query(
         "SELECT create_table_query FROM system.tables WHERE database = {db:String} AND name = 'otel_traces'",
         {"db": schema.database},
@@ -91,7 +97,7 @@ def test_destructive_migrations_wait_for_the_flag(chdb_engine: ChdbEngine, schem
 
 def test_a_database_from_a_newer_meshtrace_is_refused(chdb_engine: ChdbEngine, schema: Schema) -> None:
     migrate(chdb_engine, schema, migrations=ADDITIVE)
-    with pytest.raises(MigrationError, match="schema version 2, newer than this meshtrace knows"):
+    with pytest.raises(MigrationError, match=f"schema version {LATEST + 1}, newer than this meshtrace knows"):
         migrate(chdb_engine, schema)
 
 
@@ -108,13 +114,14 @@ def test_schema_command_reports_and_applies(tmp_path: Path) -> None:
     before = run("status")
     assert before.returncode == 3, before.stderr
     assert "pending" in before.stdout
-    assert "version 0 of 1" in before.stdout
+    assert f"version 0 of {LATEST}" in before.stdout
     applied = run("migrate")
     assert applied.returncode == 0, applied.stderr
     assert "applying migration 1" in applied.stdout
+    assert f"applying migration {LATEST}" in applied.stdout
     after = run("status")
     assert after.returncode == 0
-    assert "version 1 of 1" in after.stdout
+    assert f"version {LATEST} of {LATEST}" in after.stdout
 
 
 def _cluster_statements() -> list[str]:

@@ -13,12 +13,19 @@ insert holds both. The builder walks insertion time in fixed windows of ``step``
 Windows are a fixed grid and every insert carries a token naming its window, so a window redone after a
 crash is deduplicated instead of counted twice; the watermark is saved after each run. Windows close
 ``lag`` behind the engine's clock, which covers inserts still in flight when a window is read.
+
+Several backends on one store: each builder writes a heartbeat every ``HEARTBEAT_S``, and the one with the
+smallest id among those seen within ``LEASE_S`` builds; the others stand by and take over when its
+heartbeats stop. No compare-and-set is needed: while two briefly both build, the window tokens keep
+every window counted once.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+import uuid
 
 from meshtrace.errors import StoreError
 from meshtrace.store.analytics_schema import UNKNOWN, USER, VIRTUAL, bucket_of
@@ -26,6 +33,9 @@ from meshtrace.store.engine import Engine
 from meshtrace.store.schema import Schema
 
 log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 5.0
+LEASE_S = 15
 
 _COLUMNS = (
     "Tenant, Minute, Client, Server, ClientVersion, ServerVersion, ConnectionType, Flags, "
@@ -60,6 +70,9 @@ class ServiceGraphBuilder:
         self._thread: threading.Thread | None = None
         self.windows = 0
         self.last_error = ""
+        self.id = f"{int(time.time())}-{uuid.uuid4().hex[:8]}"  # the oldest backend leads, ties broken at random
+        self.leading = False
+        self._next_beat = 0.0
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -77,13 +90,35 @@ class ServiceGraphBuilder:
     def _loop(self, interval: float) -> None:
         while not self._stop.wait(interval):
             try:
-                self.advance()
+                if time.monotonic() >= self._next_beat:
+                    self._next_beat = time.monotonic() + HEARTBEAT_S
+                    self.beat()
+                if self.leading:
+                    self.advance()
             except StoreError as exc:  # the engine is closing or broken: try again next round
                 if str(exc) != self.last_error:
                     log.warning("service graph not updated: %s", exc)
                 self.last_error = str(exc)
             else:
                 self.last_error = ""
+
+    def beat(self) -> bool:
+        """Say this builder is alive; lead when it is the first of those alive. Returns ``leading``."""
+        self.engine.execute(
+            f"INSERT INTO {self.schema.graph_builders} VALUES ({{id:String}}, now64(3))", {"id": self.id}
+        )
+        rows = self.engine.query(
+            f"SELECT min(Id) FROM {self.schema.graph_builders} WHERE Seen > now64(3) - toIntervalSecond({LEASE_S})"
+        )
+        leading = bool(rows) and rows[0][0] == self.id
+        if leading and not self.leading:
+            with self._lock:
+                self._watermark = None  # continue from where the last leader saved, not from our own past
+            log.info("building the service graph (builder %s)", self.id)
+        elif self.leading and not leading:
+            log.info("another backend builds the service graph now; standing by")
+        self.leading = leading
+        return leading
 
     # -- windows ----------------------------------------------------------------------------------
 

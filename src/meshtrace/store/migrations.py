@@ -33,10 +33,22 @@ class Migration:
     destructive: bool = False
 
 
+def _graph_builders(schema: Schema) -> list[str]:
+    # Heartbeats of every backend's graph builder: the first one alive (by id) builds, the rest stand by.
+    return schema.table(
+        "meshtrace_graph_builders",
+        "    Id String,\n    Seen DateTime64(3)",
+        "ReplacingMergeTree(Seen)",
+        "ORDER BY Id\nTTL toDateTime(Seen) + toIntervalDay(1)",
+        None,
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "spans, trace lookup, search and request-id tables; span metrics and service graph", Schema.statements
     ),
+    Migration(2, "graph builder heartbeats, so one backend of several builds the service graph", _graph_builders),
 )
 
 

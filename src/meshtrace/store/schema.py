@@ -177,6 +177,10 @@ class Schema:
         return self._name("meshtrace_graph_progress")
 
     @property
+    def graph_builders(self) -> str:
+        return self._name("meshtrace_graph_builders")
+
+    @property
     def migrations(self) -> str:
         return self._name("meshtrace_schema_migrations")
 

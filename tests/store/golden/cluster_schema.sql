@@ -312,3 +312,10 @@ CREATE TABLE IF NOT EXISTS `otel`.meshtrace_graph_progress ON CLUSTER `meshtrace
 ) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/otel/meshtrace_graph_progress', '{replica}', Watermark)
 ORDER BY Id;
 
+CREATE TABLE IF NOT EXISTS `otel`.meshtrace_graph_builders ON CLUSTER `meshtrace` (
+    Id String,
+    Seen DateTime64(3)
+) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/all/otel/meshtrace_graph_builders', '{replica}', Seen)
+ORDER BY Id
+TTL toDateTime(Seen) + toIntervalDay(1);
+
