@@ -24,6 +24,14 @@ def process_stat(pid: int) -> tuple[float, float]:
     return cpu, rss
 
 
+def metric(text: str, name: str) -> float:
+    """One unlabelled series' value from a Prometheus text exposition (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

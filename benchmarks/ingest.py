@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 from rich.progress import Progress
 
-from common import machine, process_stat
+from common import machine, metric, process_stat
 from meshtrace.testing.bookinfo import export_request, traffic
 from meshtrace.testing.server import ServerProcess
 
@@ -46,13 +46,6 @@ def build_requests(count: int, spans_per_request: int) -> list[tuple[bytes, int]
             out.append((export_request(traces).SerializeToString(), spans))
             progress.advance(task)
     return out
-
-
-def _metric(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
 
 
 async def drive(
@@ -165,7 +158,7 @@ def main() -> None:
                 "server_cpu_cores": round((cpu_after - cpu_before) / window, 2),
                 "server_rss_mib_max": round(rss_max),
                 "bytes_per_span_on_disk": round(
-                    _metric(metrics, "meshtrace_store_bytes") / max(_metric(metrics, "meshtrace_store_spans"), 1), 1
+                    metric(metrics, "meshtrace_store_bytes") / max(metric(metrics, "meshtrace_store_spans"), 1), 1
                 ),
                 "spans_stored": stored_now,
             }

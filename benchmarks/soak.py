@@ -28,8 +28,8 @@ from typing import Any
 import grpc
 import httpx
 
-from common import machine, process_stat
-from ingest import EXPORT, TOKEN, _metric, build_requests
+from common import machine, metric, process_stat
+from ingest import EXPORT, TOKEN, build_requests
 from meshtrace.testing.server import ServerProcess
 
 QUERIES = [
@@ -179,8 +179,8 @@ def main() -> None:
                         "rss_mib": round(rss),
                         "cpu_cores": round((cpu - cpu_prev) / args.sample, 2),
                         "acked_spans": win.acked,
-                        "stored_spans": int(_metric(metrics, "meshtrace_store_spans")),
-                        "pending_spans": int(_metric(metrics, "meshtrace_ingest_pending_spans")),
+                        "stored_spans": int(metric(metrics, "meshtrace_store_spans")),
+                        "pending_spans": int(metric(metrics, "meshtrace_ingest_pending_spans")),
                         "exports": len(exports),
                         "export_ms": {"p50": _pct(exports, 0.5), "p99": _pct(exports, 0.99)},
                         "queries": len(queries),

@@ -75,6 +75,11 @@ def _setting(key: str, value: str | int) -> str:
     return f"{key} = {int(value)}"
 
 
+def _already(current: Mapping[str, str | int], wanted: Mapping[str, str | int]) -> bool:
+    """Whether ``configure`` would change nothing (the store and the schema command both ask)."""
+    return all(current.get(key) == value for key, value in wanted.items())
+
+
 def _settings_clause(settings: Mapping[str, str | int]) -> str:
     return " SETTINGS " + ", ".join(_setting(k, v) for k, v in settings.items()) if settings else ""
 
@@ -122,6 +127,8 @@ class ChdbEngine:
 
     def configure(self, settings: Mapping[str, str | int]) -> None:
         with self._lock:
+            if _already(self._settings, settings):
+                return
             self._settings.update(settings)
             self._generation += 1
 
@@ -295,6 +302,8 @@ class ServerEngine:
         # Clients are made per thread with the settings; every thread makes a new one (the old ones are
         # closed with the engine).
         with self._lock:
+            if _already(self._settings, settings):
+                return
             self._settings.update(settings)
         self._local = threading.local()
 
