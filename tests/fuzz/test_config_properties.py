@@ -5,6 +5,7 @@ Collector, the mesh's Kubernetes and Istio resources, and ``meshtrace serve`` ra
 from __future__ import annotations
 
 import copy
+from importlib import resources
 from typing import Any
 
 import yaml
@@ -15,7 +16,6 @@ from meshtrace.collector.config import build
 from meshtrace.config import build_config
 from meshtrace.errors import ConfigError
 from meshtrace.mesh.resources import parse
-from tests.mesh.conftest import SEED
 
 SCALARS = st.one_of(
     st.none(),
@@ -30,12 +30,20 @@ VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
     max_leaves=12,
 )
+# The tutorial's manifests as meshtrace ships them (the same documents as the guide's YAML).
+MANIFESTS = resources.files("meshtrace.mesh").joinpath("manifests")
+RESOURCES = [
+    d
+    for f in sorted(MANIFESTS.iterdir(), key=lambda f: f.name)
+    if f.name.endswith(".yaml")
+    for d in yaml.safe_load_all(f.read_text())
+    if d
+]
 COLLECTOR = yaml.safe_load(
-    next(d for d in yaml.safe_load_all((SEED / "otel.yaml").read_text()) if d and d["kind"] == "ConfigMap")["data"][
-        "opentelemetry-collector-config"
-    ]
+    next(d for d in RESOURCES if d["kind"] == "ConfigMap" and "opentelemetry-collector-config" in d.get("data", {}))[
+        "data"
+    ]["opentelemetry-collector-config"]
 )
-RESOURCES = [d for f in sorted(SEED.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
 
 
 def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
