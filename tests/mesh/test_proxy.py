@@ -284,14 +284,19 @@ def test_malformed_request_gets_400_and_closes(proxy):
 def test_configuration_changes_apply_live(proxy, backend):
     write(proxy, config(backend, 2, sampling=0.0))
     wait_until(lambda: httpx.get(f"http://{POD}:15000/ready").json()["version"] == 2)
-    before = httpx.get(f"http://{POD}:15000/stats").json()["tracing"]["exporters"]["otel"]["spans_sent"]
+
+    def exporter() -> dict[str, int]:
+        return dict(httpx.get(f"http://{POD}:15000/stats").json()["tracing"]["exporters"]["otel"])
+
+    wait_until(lambda: exporter()["spans_pending"] == 0, timeout=10)  # earlier tests' spans are out
+    before = exporter()["spans_sent"]
     with outbound() as client:
         for _ in range(10):
             headers = client.get("http://echo:9080/").json()["headers"]
             assert headers["traceparent"].endswith("-00")  # not sampled, still propagated
-    time.sleep(0.5)
-    after = httpx.get(f"http://{POD}:15000/stats").json()["tracing"]["exporters"]["otel"]["spans_sent"]
-    assert after == before
+    time.sleep(0.7)  # past the next hand-over to the export process
+    assert exporter()["spans_pending"] == 0
+    assert exporter()["spans_sent"] == before
     write(proxy, config(backend, 3))
     wait_until(lambda: httpx.get(f"http://{POD}:15000/ready").json()["version"] == 3)
 
