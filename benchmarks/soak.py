@@ -3,10 +3,10 @@
 Senders export pre-built Istio-like OTLP requests over gRPC at ``--rate`` spans/s (paced, not as fast as
 possible); a query client runs a mix of searches, trace lookups, service graph, RED and TraceQL queries
 over HTTP. Every 10 s a sample is written (one JSON line to ``--report``): server RSS and CPU, export and
-query latency percentiles of the last 10 s, errors, spans acknowledged, stored and pending. At the end the
-senders stop, the backlog drains, and one JSON summary is printed: RSS trend over the second half (a
-least-squares slope, MiB per 10 minutes), latency percentiles per sample, error totals, and whether the store
-holds exactly every acknowledged span.
+query latency percentiles of the last 10 s (and each query's slowest), errors, spans acknowledged, stored
+and pending, ClickHouse's memory by kind. At the end the senders stop, the backlog drains, and one JSON
+summary is printed: RSS trend over the second half (a least-squares slope, MiB per 10 minutes), latency
+percentiles per sample, error totals, and whether the store holds exactly every acknowledged span.
 
     .venv/bin/python benchmarks/soak.py --minutes 30 --rate 27000 --report soak.jsonl
 
@@ -66,14 +66,15 @@ class Window:
         self.lock = threading.Lock()
         self.export: list[float] = []
         self.query: list[float] = []
+        self.by_query: dict[str, list[float]] = {}
         self.export_errors = 0
         self.query_errors = 0
         self.acked = 0
 
-    def take(self) -> tuple[list[float], list[float], int, int]:
+    def take(self) -> tuple[list[float], list[float], dict[str, list[float]], int, int]:
         with self.lock:
-            out = (self.export, self.query, self.export_errors, self.query_errors)
-            self.export, self.query, self.export_errors, self.query_errors = [], [], 0, 0
+            out = (self.export, self.query, self.by_query, self.export_errors, self.query_errors)
+            self.export, self.query, self.by_query, self.export_errors, self.query_errors = [], [], {}, 0, 0
         return out
 
 
@@ -115,14 +116,29 @@ async def send(target: str, requests: list[tuple[bytes, int]], rate: float, stop
             await asyncio.wait(pending)
 
 
+def store_memory(metrics: str) -> dict[str, float]:
+    """``meshtrace_store_memory_bytes`` by kind, in MiB (ClickHouse's tracked memory and caches)."""
+    out = {}
+    for line in metrics.splitlines():
+        if line.startswith('meshtrace_store_memory_bytes{kind="'):
+            kind, _, value = line[len('meshtrace_store_memory_bytes{kind="') :].partition('"} ')
+            out[kind] = round(float(value) / 2**20, 1)
+    return out
+
+
 def query_loop(api: httpx.Client, stop_at: float, win: Window, interval: float) -> None:
     trace_id = ""
     n = 0
     while time.monotonic() < stop_at:
-        path, params = QUERIES[n % len(QUERIES)]
-        if n % (len(QUERIES) + 1) == len(QUERIES) and trace_id:
-            path, params = f"/api/traces/{trace_id}", {}
+        index = n % (len(QUERIES) + 1)
         n += 1
+        if index == len(QUERIES):
+            if not trace_id:
+                continue
+            path, params, name = f"/api/traces/{trace_id}", {}, "trace by id"
+        else:
+            path, params = QUERIES[index]
+            name = f"{index}:{path}"
         began = time.monotonic()
         try:
             response = api.get(path, params=params, timeout=60)
@@ -132,6 +148,7 @@ def query_loop(api: httpx.Client, stop_at: float, win: Window, interval: float) 
         with win.lock:
             if ok:
                 win.query.append(time.monotonic() - began)
+                win.by_query.setdefault(name, []).append(time.monotonic() - began)
             else:
                 win.query_errors += 1
         if ok and path == "/api/traces" and response.json()["data"]:
@@ -171,7 +188,7 @@ def main() -> None:
             with args.report.open("w") as report:
                 while time.monotonic() < stop_at:
                     time.sleep(min(args.sample, max(stop_at - time.monotonic(), 0.1)))
-                    exports, queries, export_errors, query_errors = win.take()
+                    exports, queries, by_query, export_errors, query_errors = win.take()
                     cpu, rss = process_stat(server.pid)
                     metrics = api.get("/metrics").text
                     sample = {
@@ -185,8 +202,10 @@ def main() -> None:
                         "export_ms": {"p50": _pct(exports, 0.5), "p99": _pct(exports, 0.99)},
                         "queries": len(queries),
                         "query_ms": {"p50": _pct(queries, 0.5), "p99": _pct(queries, 0.99)},
+                        "query_max_ms": {name: _pct(times, 1.0) for name, times in sorted(by_query.items())},
                         "export_errors": export_errors,
                         "query_errors": query_errors,
+                        "store_memory_mib": store_memory(metrics),
                     }
                     cpu_prev = cpu
                     samples.append(sample)
@@ -226,6 +245,14 @@ def main() -> None:
                 "query_p50_ms_median_sample": statistics.median(s["query_ms"]["p50"] or 0 for s in samples)
                 if samples
                 else None,
+                "query_max_ms_by_query": {
+                    name: {
+                        "first_minute": max(s["query_max_ms"].get(name) or 0 for s in samples[:6]),
+                        "last_minute": max(s["query_max_ms"].get(name) or 0 for s in samples[-6:]),
+                        "worst": max(s["query_max_ms"].get(name) or 0 for s in samples),
+                    }
+                    for name in sorted({name for s in samples for name in s["query_max_ms"]})
+                },
                 "pending_spans_max": max((s["pending_spans"] for s in samples), default=None),
                 "report": str(args.report),
             }

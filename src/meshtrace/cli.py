@@ -152,6 +152,14 @@ def serve(
             envvar="MESHTRACE_MAX_PENDING",
         ),
     ] = "256MiB",
+    store_cache: Annotated[
+        str,
+        typer.Option(
+            help="Memory for the embedded engine's caches (marks, primary index...), which otherwise grow with "
+            "the data queries read. A ClickHouse server keeps its own settings.",
+            envvar="MESHTRACE_STORE_CACHE",
+        ),
+    ] = "512MiB",
     writers: Annotated[
         int,
         typer.Option(help="Concurrent inserts into ClickHouse (one insert uses one core).", envvar="MESHTRACE_WRITERS"),
@@ -211,6 +219,7 @@ def serve(
         "graph_wait": graph_wait,
         "flush_spans": flush_spans,
         "max_pending": max_pending,
+        "store_cache": store_cache,
         "writers": writers,
         "query_timeout": query_timeout,
         "max_request_spans": max_request_spans,

@@ -27,6 +27,7 @@ FIXES = {
     "retention": "give a duration such as 7d, 48h or 30m",
     "max_body": "give a size such as 16MiB or 4000000",
     "max_pending": "give a size such as 256MiB",
+    "store_cache": "give a size such as 512MiB",
     "flush_interval": "give a duration such as 200ms",
     "graph_wait": "give a duration such as 10s",
     "query_timeout": "give a duration such as 30s or 2m",
@@ -59,6 +60,7 @@ class ServeConfig(BaseModel):
     graph_wait: str = "10s"
     flush_spans: int = Field(default=10_000, ge=1, le=1_000_000)
     max_pending: str = "256MiB"
+    store_cache: str = "512MiB"
     writers: int = Field(default=2, ge=1, le=16)
     query_timeout: str = "30s"
     max_request_spans: int = Field(default=100_000, ge=1)
@@ -81,7 +83,7 @@ class ServeConfig(BaseModel):
             raise ValueError(str(exc)) from None
         return value
 
-    @field_validator("max_body", "max_pending")
+    @field_validator("max_body", "max_pending", "store_cache")
     @classmethod
     def _size(cls, value: str) -> str:
         try:
@@ -130,6 +132,7 @@ class ServeConfig(BaseModel):
             graph_wait_ms=parse_duration_ns(self.graph_wait) // 1_000_000,
             query_timeout_s=max(round(parse_duration_ns(self.query_timeout) / 1e9), 1),
             max_trace_spans=self.max_trace_spans,
+            cache_bytes=parse_size(self.store_cache),
         )
 
 

@@ -3,7 +3,7 @@ the writer keeps up. One registry per server instance, not the process-global on
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -60,6 +60,10 @@ class Metrics:
         """A gauge read at scrape time (queue depth, store size)."""
         self.registry.register(_CallbackGauge(name, doc, read))
 
+    def gauges(self, name: str, doc: str, label: str, read: Callable[[], Mapping[str, float]]) -> None:
+        """A gauge per ``label`` value, all read at scrape time in one call (the store's memory by kind)."""
+        self.registry.register(_CallbackGauges(name, doc, label, read))
+
 
 class _CallbackGauge(Collector):
     def __init__(self, name: str, doc: str, read: Callable[[], float]) -> None:
@@ -70,3 +74,17 @@ class _CallbackGauge(Collector):
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         yield GaugeMetricFamily(self.name, self.doc)
+
+
+class _CallbackGauges(Collector):
+    def __init__(self, name: str, doc: str, label: str, read: Callable[[], Mapping[str, float]]) -> None:
+        self.name, self.doc, self.label, self.read = name, doc, label, read
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self.name, self.doc, labels=[self.label])
+        for value, reading in sorted(self.read().items()):
+            family.add_metric([value], float(reading))
+        yield family
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(self.name, self.doc, labels=[self.label])

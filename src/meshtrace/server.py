@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 import orjson
@@ -32,6 +32,8 @@ from meshtrace.query.service import QueryService
 from meshtrace.store import Store, StoreSize
 from meshtrace.store.wal import Record
 
+T = TypeVar("T")
+
 log = logging.getLogger("meshtrace")
 
 
@@ -42,20 +44,20 @@ class Endpoints:
     http: str
 
 
-class _CachedSize:
-    """The store's size, read at most every few seconds however often Prometheus scrapes."""
+class _Cached(Generic[T]):
+    """A reading of the store, taken at most every few seconds however often Prometheus scrapes."""
 
-    def __init__(self, store: Store, ttl: float = 5.0) -> None:
-        self.store, self.ttl = store, ttl
-        self._value = StoreSize(0, 0, 0)
+    def __init__(self, what: str, read: Callable[[], T], empty: T, ttl: float = 5.0) -> None:
+        self.what, self.read, self.ttl = what, read, ttl
+        self._value = empty
         self._at = -ttl
 
-    def get(self) -> StoreSize:
+    def get(self) -> T:
         if time.monotonic() - self._at >= self.ttl:
             try:
-                self._value = self.store.size()
+                self._value = self.read()
             except StoreError as exc:
-                log.warning("cannot read the store size: %s", exc)
+                log.warning("cannot read the store's %s: %s", self.what, exc)
             self._at = time.monotonic()
         return self._value
 
@@ -89,7 +91,7 @@ class Backend:
         self.metrics.insert_seconds.observe(seconds)
         self.metrics.insert_spans.observe(spans)
 
-    def status(self, tenant: str, ingest: IngestService, size: _CachedSize) -> dict[str, Any]:
+    def status(self, tenant: str, ingest: IngestService, size: _Cached[StoreSize]) -> dict[str, Any]:
         """What the console's status page shows a tenant: its own counts, the store's shared health."""
         assert self.store is not None
         writer, graph, stored = self.store.writer, self.store.graph, size.get()
@@ -161,7 +163,15 @@ class Backend:
             "Spans waiting for the next insert.",
             lambda: writer.pending_spans,
         )
-        size = _CachedSize(store)
+        size = _Cached("size", store.size, StoreSize(0, 0, 0))
+        memory: _Cached[dict[str, int]] = _Cached("memory", store.memory, {})
+        self.metrics.gauges(
+            "meshtrace_store_memory_bytes",
+            "ClickHouse's memory by kind: tracked (queries, merges, inserts) and its caches. Embedded: part of "
+            "this process's RSS, bounded by --store-cache-mib.",
+            "kind",
+            memory.get,
+        )
         self.metrics.gauge("meshtrace_store_spans", "Spans in the store (all tenants).", lambda: size.get().spans)
         self.metrics.gauge(
             "meshtrace_store_bytes",

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +17,7 @@ from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from meshtrace.errors import QueryTimeout
-from meshtrace.store.engine import ChdbEngine, TimeLimited
+from meshtrace.store.engine import CACHE_SHARES, ChdbEngine, TimeLimited
 from meshtrace.testing.bookinfo import bookinfo_trace, export_request
 from meshtrace.testing.console import large_trace
 
@@ -30,6 +33,7 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
         tmp_path_factory.mktemp("limits"),
         *token_args(),
         "--flush-interval", "50ms", "--max-request-spans", "50", "--max-trace-spans", "30",
+        "--store-cache", "64MiB",
     ).start()  # fmt: skip
     yield proc
     assert proc.stop() == 0
@@ -91,3 +95,42 @@ def test_a_query_past_the_timeout_is_stopped(chdb_engine: ChdbEngine, tmp_path: 
     with pytest.raises(QueryTimeout, match=r"ran longer than 1s .*--query-timeout.*narrow the time range"):
         TimeLimited(chdb_engine, 1).query("SELECT count() FROM numbers(1000000000000) WHERE sipHash64(number) = 0")
     assert time.monotonic() - started < 10
+
+
+def test_the_engines_memory_is_on_metrics_and_its_caches_are_bounded(limited: ServerProcess) -> None:
+    """ClickHouse sizes its caches for a server of its own (5 GiB for marks alone); embedded, meshtrace
+    bounds them with --store-cache and shows what they hold."""
+    rng = random.Random(11)
+    request = export_request([bookinfo_trace(rng, time.time_ns()) for _ in range(3)])
+    assert httpx.post(f"{limited.otlp_http}/v1/traces", content=request.SerializeToString(), headers=HEADERS).is_success
+    api = limited.api()
+    wait_until(lambda: api.get("/api/traces", params={"service": "productpage.default"}).json()["data"])
+
+    def memory() -> dict[str, float]:
+        lines = api.get("/metrics").text.splitlines()
+        prefix = 'meshtrace_store_memory_bytes{kind="'
+        return {
+            line[len(prefix) :].partition('"')[0]: float(line.rpartition(" ")[2])
+            for line in lines
+            if line.startswith(prefix)
+        }
+
+    kinds = {"tracked", "mark_cache", "primary_index_cache", "index_mark_cache", "query_condition_cache"}
+    assert kinds <= set(memory())
+    wait_until(lambda: memory()["mark_cache"] > 0 and memory()["tracked"] > 0, timeout=15)  # read, not zeros
+    config = (limited.data_dir / "clickhouse" / "meshtrace-engine.xml").read_text()
+    assert f"<mark_cache_size>{32 << 20}</mark_cache_size>" in config
+
+
+def test_the_cache_bound_reaches_the_engine(tmp_path: Path) -> None:
+    """chdb reads its configuration once per process: checked in a process of its own."""
+    script = (
+        "import sys; from meshtrace.store.engine import ChdbEngine\n"
+        "engine = ChdbEngine(sys.argv[1], cache_bytes=64 << 20)\n"
+        'print(dict(engine.query("SELECT name, value FROM system.server_settings WHERE name IN '
+        "('mark_cache_size', 'primary_index_cache_size', 'index_mark_cache_size')\")))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=True)
+    got = {name: int(value) for name, value in ast.literal_eval(out.stdout.strip()).items()}
+    assert got == {name: int((64 << 20) * CACHE_SHARES[name]) for name in got}
+    assert got["mark_cache_size"] == 32 << 20  # not ClickHouse's 5 GiB

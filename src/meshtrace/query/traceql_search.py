@@ -30,14 +30,7 @@ class SearchResult:
     inspected_spans: int
 
 
-def _chunks(time: TimeRange, first_ns: int = 10 * 60 * 10**9) -> list[TimeRange]:
-    """The window cut from its end backwards into chunks of doubling length (10 min, 20 min, …)."""
-    out, end, size = [], time.end_ns, first_ns
-    while end > time.start_ns:
-        out.append(TimeRange(max(time.start_ns, end - size), end))
-        end -= size
-        size *= 2
-    return out
+FIRST_CHUNK_NS = 10 * 60 * 10**9
 
 
 async def search(
@@ -59,7 +52,7 @@ async def search(
     inspected = spans = 0
     # Two conditions on different spans of a trace could fall on both sides of a chunk boundary: such
     # plans (a HAVING clause) search the window whole.
-    for chunk in _chunks(time) if planned.having is None else [time]:
+    for chunk in time.newest_first(FIRST_CHUNK_NS) if planned.having is None else [time]:
         page, offset = max(limit, 20), 0
         while len(matches) < limit and inspected < max_inspected:
             size = min(page, max_inspected - inspected)

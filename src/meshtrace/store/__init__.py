@@ -52,6 +52,7 @@ class StoreOptions:
     graph_wait_ms: int = 10_000
     query_timeout_s: int = 30
     max_trace_spans: int = MAX_TRACE_SPANS
+    cache_bytes: int | None = None  # the embedded engine's caches; None: ClickHouse's own (server) sizes
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,19 @@ class StoreSize:
     spans: int
     bytes_on_disk: int
     parts: int
+
+
+# ClickHouse's memory that grows with the data read (system.metrics), by the name meshtrace reports it under.
+MEMORY_METRICS = {
+    "MemoryTracking": "tracked",
+    "MarkCacheBytes": "mark_cache",
+    "PrimaryIndexCacheBytes": "primary_index_cache",
+    "IndexMarkCacheBytes": "index_mark_cache",
+    "UncompressedCacheBytes": "uncompressed_cache",
+    "QueryConditionCacheBytes": "query_condition_cache",
+    "CompiledExpressionCacheBytes": "compiled_expression_cache",
+    "QueryCacheBytes": "query_cache",
+}
 
 
 class Store:
@@ -85,7 +99,7 @@ class Store:
     @classmethod
     def open(cls, options: StoreOptions, on_commit: Callable[[list[Record], float], None] | None = None) -> Store:
         """Connect, create or update the schema; raises ``StoreError`` or ``ConfigError``."""
-        engine, schema = connect(options.url, options.data_dir, options.retention_s)
+        engine, schema = connect(options.url, options.data_dir, options.retention_s, options.cache_bytes)
         try:
             return cls.create(engine, schema, options, on_commit)
         except Exception:
@@ -141,6 +155,15 @@ class Store:
         if self._owns_engine:
             self.engine.close()
 
+    def memory(self) -> dict[str, int]:
+        """The engine's memory by kind (``MEMORY_METRICS``): for the embedded engine, part of this process's
+        RSS; for a server, that server's (the one this connection reached)."""
+        rows = self.engine.query(
+            "SELECT metric, value FROM system.metrics WHERE metric IN {names:Array(String)}",
+            {"names": list(MEMORY_METRICS)},
+        )
+        return {MEMORY_METRICS[str(name)]: int(value) for name, value in rows}
+
     def size(self) -> StoreSize:
         """Spans, bytes on disk of every table (span, lookup, search, operations) and active parts; on a
         cluster, of every replica of every shard."""
@@ -155,8 +178,9 @@ class Store:
         return StoreSize(int(spans or 0), int(size or 0), int(parts or 0))
 
 
-def connect(url: str | None, data_dir: str, retention_s: int) -> tuple[Engine, Schema]:
-    """The engine (a server for ``url``, else embedded in ``data_dir``) and the schema laid out for it."""
+def connect(url: str | None, data_dir: str, retention_s: int, cache_bytes: int | None = None) -> tuple[Engine, Schema]:
+    """The engine (a server for ``url``, else embedded in ``data_dir`` with ``cache_bytes`` of caches) and
+    the schema laid out for it."""
     if url:
         address = parse_server_url(url)
         engine: Engine = ServerEngine(address)
@@ -168,7 +192,7 @@ def connect(url: str | None, data_dir: str, retention_s: int) -> tuple[Engine, S
             replicated=address.replicated,
         )
     else:
-        engine = ChdbEngine(os.path.join(data_dir, "clickhouse"))
+        engine = ChdbEngine(os.path.join(data_dir, "clickhouse"), cache_bytes=cache_bytes)
         schema = Schema(retention_s=retention_s, embedded=True)
     if schema.session_settings:
         engine.configure(schema.session_settings)

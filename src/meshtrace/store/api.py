@@ -48,6 +48,17 @@ class TimeRange:
     start_ns: int
     end_ns: int
 
+    def newest_first(self, first_ns: int) -> list[TimeRange]:
+        """The range cut from its end backwards into chunks of doubling length (``first_ns``, twice that,
+        …): searches for the newest matches stop after the first chunks instead of ranking the whole
+        window, so their cost follows the matches wanted, not the data stored."""
+        out, end, size = [], self.end_ns, first_ns
+        while end > self.start_ns:
+            out.append(TimeRange(max(self.start_ns, end - size), end))
+            end -= size
+            size *= 2
+        return out
+
 
 @dataclass(frozen=True, slots=True)
 class TraceQuery:

@@ -84,14 +84,40 @@ def _settings_clause(settings: Mapping[str, str | int]) -> str:
     return " SETTINGS " + ", ".join(_setting(k, v) for k, v in settings.items()) if settings else ""
 
 
+# Shares of the embedded engine's cache budget. ClickHouse sizes these caches for a server of its own
+# (5 GiB each for marks, primary index and skip-index marks), so an embedded store left alone grows its
+# process by what queries read, up to many GiB; the uncompressed and query caches stay off, as by default.
+CACHE_SHARES = {
+    "mark_cache_size": 0.5,
+    "primary_index_cache_size": 0.2,
+    "index_mark_cache_size": 0.1,
+    "query_condition_cache_size": 0.1,
+    "compiled_expression_cache_size": 0.1,
+}
+
+
+def cache_config(cache_bytes: int) -> str:
+    """A ClickHouse configuration bounding the caches to ``cache_bytes`` in all."""
+    lines = "".join(f"  <{name}>{int(cache_bytes * share)}</{name}>\n" for name, share in CACHE_SHARES.items())
+    return f"<clickhouse>\n{lines}</clickhouse>\n"
+
+
 class ChdbEngine:
-    """The embedded engine: data in a directory, owned by this process alone."""
+    """The embedded engine: data in a directory, owned by this process alone.
+
+    ``cache_bytes`` bounds ClickHouse's caches (``CACHE_SHARES``) through a configuration file written
+    next to the data; a ``config_file`` of one's own replaces it. chdb reads either once per process.
+    """
 
     embedded = True
 
-    def __init__(self, path: str, *, config_file: str | None = None) -> None:
+    def __init__(self, path: str, *, config_file: str | None = None, cache_bytes: int | None = None) -> None:
         os.makedirs(path, exist_ok=True)
         self.path = os.path.abspath(path)
+        if config_file is None and cache_bytes is not None:
+            config_file = os.path.join(self.path, "meshtrace-engine.xml")
+            with open(config_file, "w") as out:
+                out.write(cache_config(cache_bytes))
         self.config_file = config_file
         self.description = f"embedded ClickHouse (chdb) in {self.path}"
         self._settings: dict[str, str | int] = {}

@@ -8,6 +8,7 @@ keys the trace-id lookup table gives.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from meshtrace.model.spans import DependencyLink, Event, Link, Operation, Span, SpanKind, StatusCode, Trace
@@ -19,6 +20,7 @@ from meshtrace.store.traceql_sql import Plan, candidates
 
 _NS_PER_S = 1_000_000_000
 _REQUEST_SPAN_S = 3600  # how long after its first span a request's spans are looked for
+SEARCH_CHUNK_NS = 60 * _NS_PER_S  # the newest minute first, then 2, 4, 8… minutes before it
 TAG_SAMPLE = 100_000  # spans whose attribute keys autocomplete looks at
 MAX_TRACE_SPANS = 100_000  # spans of one trace returned at most (a runaway trace would exhaust memory)
 
@@ -214,8 +216,11 @@ class ClickHouseReader:
         return self._trace(trace_id, spans) if spans else None
 
     def find_trace_ids(self, query: TraceQuery) -> list[TraceSummary]:
+        """Traces ranked by their latest matching span (as Jaeger's Elasticsearch storage ranks them),
+        searched newest chunk first: a trace found in a chunk has no match in any newer one, so its
+        latest match is known exactly there, and the search stops once ``limit`` traces are found. The
+        summary's start and end are those of its matching spans in that chunk."""
         on_index = indexable(query)
-        where = search_conditions(query, on_index=on_index)
         if on_index and REQUEST_ID in query.attributes:
             # The request id names its traces exactly: look them up by key, then search only the
             # minutes they cover instead of every span of the window.
@@ -227,25 +232,38 @@ class ClickHouseReader:
             if not found:
                 return []
             starts = [int(start) for _, start in found]
+            where = search_conditions(query, on_index=True)
             where.add("TraceId IN {request_traces:Array(String)}", request_traces=[tid for tid, _ in found])
             where.add(
                 "Timestamp >= fromUnixTimestamp64Nano({r0:Int64}) AND Timestamp < fromUnixTimestamp64Nano({r1:Int64})",
                 r0=min(starts) * _NS_PER_S,
                 r1=(max(starts) + _REQUEST_SPAN_S) * _NS_PER_S,
             )
-        table = self.schema.span_index if on_index else self.schema.traces
+            return self._ranked(where, on_index, query.limit)
+        out: list[TraceSummary] = []
+        for chunk in query.time.newest_first(SEARCH_CHUNK_NS):
+            where = search_conditions(replace(query, time=chunk), on_index=on_index)
+            if out:
+                where.add("TraceId NOT IN {seen:Array(String)}", seen=[s.trace_id for s in out])
+            out += self._ranked(where, on_index, query.limit - len(out))
+            if len(out) >= query.limit:
+                break
+        return out
+
+    def _ranked(self, where: Conditions, on_index: bool, limit: int) -> list[TraceSummary]:
         rows = self.engine.query(
             f"""SELECT TraceId,
                    min(toUnixTimestamp64Nano(Timestamp)) AS first_start,
+                   max(toUnixTimestamp64Nano(Timestamp)) AS last_start,
                    max(toUnixTimestamp64Nano(Timestamp) + Duration) AS last_end
-            FROM {table}
+            FROM {self.schema.span_index if on_index else self.schema.traces}
             WHERE {where.sql}
             GROUP BY TraceId
-            ORDER BY first_start DESC, TraceId
+            ORDER BY last_start DESC, TraceId
             LIMIT {{limit:UInt32}}""",
-            {**where.params, "limit": query.limit},
+            {**where.params, "limit": limit},
         )
-        return [TraceSummary(tid, int(start), int(end)) for tid, start, end in rows]
+        return [TraceSummary(tid, int(start), int(end)) for tid, start, _, end in rows]
 
     def find_traces(self, query: TraceQuery) -> list[Trace]:
         return self.get_trace_batch(query.tenant, [s.trace_id for s in self.find_trace_ids(query)])

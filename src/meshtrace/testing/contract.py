@@ -35,6 +35,7 @@ TENANT = "contract-a"
 OTHER_TENANT = "contract-b"
 # Written for OTHER_TENANT too, so isolation is tested against data that exists under both.
 SHARED = ("bookinfo_v1", "rich_span")
+SEARCH_TENANT = "contract-search"  # the chunked-search test's own traces
 
 _KINDS = list(SpanKind)
 _STATUS = [StatusCode.UNSET, StatusCode.OK, StatusCode.ERROR]
@@ -400,6 +401,44 @@ class StoreContract:
                 assert len(trace.spans) == next(f for f in loaded.values() if f.trace_id == trace.trace_id).span_count
             ids = [s.trace_id for s in store.reader.find_trace_ids(query)]
             assert ids == expected, case["name"]
+
+    def test_search_ranks_by_latest_match_across_chunks(self, store: Store) -> None:
+        """Searches go newest minute first, then 2, 4, 8… minutes back: traces over two hours, some with
+        matching spans minutes apart (across chunk boundaries), give exactly the reference ranking for
+        every limit."""
+        now = time.time_ns()
+        minute = 60 * 1_000_000_000
+        starts: dict[str, list[int]] = {}
+        for k in range(14):
+            first = now - (k * 9 + 1) * minute - k * 1_000_000
+            later = [first + (k % 4) * 7 * minute] if k % 2 else []  # 7 or 21 minutes on: passing others
+            starts[f"{k + 1:032x}"] = [first, *later]
+        request = ExportTraceServiceRequest()
+        resource_spans = request.resource_spans.add()
+        resource_spans.resource.attributes.add(key="service.name").value.string_value = "chunked"
+        scope = resource_spans.scope_spans.add()
+        for trace_hex, times in starts.items():
+            for i, start in enumerate(times):
+                span = scope.spans.add(name="GET /", kind=2, start_time_unix_nano=start, end_time_unix_nano=start + 5)
+                span.trace_id = bytes.fromhex(trace_hex)
+                span.span_id = bytes.fromhex(f"{i + 1:016x}")
+        count = sum(len(t) for t in starts.values())
+
+        async def write() -> None:
+            await store.writer.write(SpanBatch(SEARCH_TENANT, request.SerializeToString(), count))
+            await store.writer.sync()
+
+        asyncio.run(write())
+        window = TimeRange(now - 2 * 3600 * 1_000_000_000, now + minute)
+        ranking = sorted(starts, key=lambda t: (-max(starts[t]), t))
+        for limit in range(1, len(starts) + 2):
+            query = TraceQuery(tenant=SEARCH_TENANT, time=window, service="chunked", limit=limit)
+            assert [s.trace_id for s in store.reader.find_trace_ids(query)] == ranking[:limit], limit
+        narrow = TimeRange(now - 40 * minute, now - 10 * minute)
+        inside = {t: [x for x in v if narrow.start_ns <= x < narrow.end_ns] for t, v in starts.items()}
+        expected = sorted((t for t in inside if inside[t]), key=lambda t: (-max(inside[t]), t))
+        query = TraceQuery(tenant=SEARCH_TENANT, time=narrow, service="chunked", limit=100)
+        assert [s.trace_id for s in store.reader.find_trace_ids(query)] == expected
 
 
 __all__ = [
