@@ -1,14 +1,17 @@
 """Soak: mixed ingest and queries at a fixed rate against one ``meshtrace serve``, for a long time.
 
-Senders export pre-built Istio-like OTLP requests over gRPC at ``--rate`` spans/s (paced, not as fast as
-possible); a query client runs a mix of searches, trace lookups, service graph, RED and TraceQL queries
-over HTTP. Every 10 s a sample is written (one JSON line to ``--report``): server RSS and CPU, export and
-query latency percentiles of the last 10 s (and each query's slowest), errors, spans acknowledged, stored
-and pending, ClickHouse's memory by kind. At the end the senders stop, the backlog drains, and one JSON
-summary is printed: RSS trend over the second half (a least-squares slope, MiB per 10 minutes), latency
-percentiles per sample, error totals, and whether the store holds exactly every acknowledged span.
+Senders export Istio-like OTLP requests over gRPC at ``--rate`` spans/s (paced, not as fast as possible;
+``--rate max``: as fast as the server acknowledges, which measures the maximum under the same queries; each
+pass over the pre-built requests is new traffic, ``Requests``); a query client runs a mix of searches, trace
+lookups, service graph, RED and TraceQL queries over HTTP. Every 10 s a sample is written (one JSON line to
+``--report``): server RSS and CPU, export and query latency percentiles of the last 10 s (and each query's
+slowest), errors, spans acknowledged, stored and pending, ClickHouse's memory by kind, the heap. At the end the
+senders stop, the backlog drains, and one JSON summary is printed: RSS trend over the second half (a
+least-squares slope, MiB per 10 minutes), latency percentiles per sample, error totals, and whether the store
+holds exactly every acknowledged span.
 
-    .venv/bin/python benchmarks/soak.py --minutes 30 --rate 27000 --report soak.jsonl
+    .venv/bin/python benchmarks/soak.py --minutes 5 --rate max --report max.jsonl      # the mixed maximum
+    .venv/bin/python benchmarks/soak.py --minutes 30 --rate 20000 --report soak.jsonl  # then 80% of it
 
 Traffic goes to 127.0.0.1 only; the run stops by itself after ``--minutes`` plus the drain.
 """
@@ -19,6 +22,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import struct
 import tempfile
 import threading
 import time
@@ -27,11 +31,15 @@ from typing import Any
 
 import grpc
 import httpx
+from rich.progress import Progress
 
 from common import machine, metric, process_stat
-from ingest import EXPORT, TOKEN, build_requests
+from ingest import EXPORT, TOKEN
+from meshtrace.testing.bookinfo import export_request, traffic
 from meshtrace.testing.server import ServerProcess
 
+MAX_RATE_GUESS = 30_000.0  # spans/s the data's timestamps advance at when finding the maximum
+MAX_IN_FLIGHT = 4  # senders at once when finding the maximum (as the ingest benchmark)
 QUERIES = [
     ("/api/traces", {"service": "productpage.default", "lookback": "15m", "limit": "20"}),
     ("/api/traces", {"service": "reviews.default", "minDuration": "20ms", "lookback": "1h", "limit": "20"}),
@@ -42,11 +50,90 @@ QUERIES = [
 ]
 
 
+class Requests:
+    """Pre-built export requests, sent in a cycle as new traffic: every pass gives the traces new ids and
+    moves their times on by the time a pass takes at ``rate``, so searches see recent data and traces keep
+    their size (re-sending the same traces would make them grow, and their times age out of the windows).
+    Trace ids and timestamps are patched in the encoded bytes at offsets found once."""
+
+    def __init__(self, count: int, spans_per_request: int, rate: float) -> None:
+        self.items: list[tuple[bytes, int, list[int], list[tuple[int, int]]]] = []
+        traces_per_request: list[list[Any]] = []
+        stream = traffic(seed=1, start_ns=0, count=10**9, interval_ns=10**6)
+        with Progress(transient=True) as progress:
+            task = progress.add_task("building requests", total=count)
+            for _ in range(count):
+                traces, spans = [], 0
+                while spans < spans_per_request:
+                    trace = next(stream)
+                    traces.append(trace)
+                    spans += len(trace.spans)
+                traces_per_request.append(traces)
+                progress.advance(task)
+        total = sum(len(t.spans) for traces in traces_per_request for t in traces)
+        last = max(p.span.end_time_unix_nano for traces in traces_per_request for t in traces for p in t.spans)
+        self.period_ns = int(total / rate * 1e9)  # one pass at the offered rate
+        base = time.time_ns() - last  # the first pass ends now
+        for traces in traces_per_request:
+            for trace in traces:
+                for item in trace.spans:
+                    item.span.start_time_unix_nano += base
+                    item.span.end_time_unix_nano += base
+            body = export_request(traces).SerializeToString()
+            trace_ids = {t.trace_id for t in traces}
+            ids = [i + 2 for i in _find_all(body, b"\x0a\x10") if body[i + 2 : i + 18] in trace_ids]
+            stamps = {
+                struct.pack("<Q", value)
+                for t in traces
+                for p in t.spans
+                for value in (p.span.start_time_unix_nano, p.span.end_time_unix_nano)
+            }
+            times = [
+                (i + 1, struct.unpack_from("<Q", body, i + 1)[0])
+                for tag in (b"\x39", b"\x41")
+                for i in _find_all(body, tag)
+                if body[i + 1 : i + 9] in stamps
+            ]
+            self.items.append((body, sum(len(t.spans) for t in traces), ids, times))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def get(self, index: int) -> tuple[bytes, int]:
+        body, spans, ids, times = self.items[index % len(self.items)]
+        cycle = index // len(self.items)
+        if not cycle:
+            return body, spans
+        out = bytearray(body)
+        stamp = struct.pack(">I", cycle)
+        for offset in ids:
+            out[offset + 12 : offset + 16] = stamp
+        shift = cycle * self.period_ns
+        for offset, value in times:
+            struct.pack_into("<Q", out, offset, value + shift)
+        return bytes(out), spans
+
+
+def _find_all(data: bytes, needle: bytes) -> list[int]:
+    found, start = [], 0
+    while (i := data.find(needle, start)) >= 0:
+        found.append(i)
+        start = i + 1
+    return found
+
+
 def _pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
     return round(ordered[min(int(len(ordered) * q), len(ordered) - 1)] * 1000, 1)
+
+
+def _stored_rate(samples: list[dict[str, Any]]) -> int | None:
+    if len(samples) < 2:
+        return None
+    first, last = samples[0], samples[-1]
+    return round((last["stored_spans"] - first["stored_spans"]) / (last["t_s"] - first["t_s"]))
 
 
 def _slope(points: list[tuple[float, float]]) -> float:
@@ -78,8 +165,9 @@ class Window:
         return out
 
 
-async def send(target: str, requests: list[tuple[bytes, int]], rate: float, stop_at: float, win: Window) -> None:
-    """Pace requests to ``rate`` spans/s: each is due at (spans sent so far) / rate after the start."""
+async def send(target: str, requests: Requests, rate: float | None, stop_at: float, win: Window) -> None:
+    """Pace requests to ``rate`` spans/s: each is due at (spans sent so far) / rate after the start. With
+    no rate, as fast as the server acknowledges (``MAX_IN_FLIGHT`` requests at a time): the maximum."""
     start = time.monotonic()
     sent_spans = 0
     index = 0
@@ -100,28 +188,28 @@ async def send(target: str, requests: list[tuple[bytes, int]], rate: float, stop
                 win.acked += spans
 
         while time.monotonic() < stop_at:
-            due = start + sent_spans / rate
-            delay = due - time.monotonic()
+            delay = start + sent_spans / rate - time.monotonic() if rate else 0
             if delay > 0:
                 await asyncio.sleep(delay)
-            body, spans = requests[index % len(requests)]
+            body, spans = requests.get(index)
             index += 1
             sent_spans += spans
             task = asyncio.create_task(one(body, spans))
             pending.add(task)
             task.add_done_callback(pending.discard)
-            if len(pending) > 64:  # the server is behind: wait rather than pile up requests
+            if len(pending) >= (MAX_IN_FLIGHT if rate is None else 64):  # wait rather than pile requests up
                 await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         if pending:
             await asyncio.wait(pending)
 
 
-def store_memory(metrics: str) -> dict[str, float]:
-    """``meshtrace_store_memory_bytes`` by kind, in MiB (ClickHouse's tracked memory and caches)."""
+def by_kind(metrics: str, name: str) -> dict[str, float]:
+    """A gauge labelled by ``kind`` (the engine's memory, the heap), in MiB."""
     out = {}
+    prefix = name + '{kind="'
     for line in metrics.splitlines():
-        if line.startswith('meshtrace_store_memory_bytes{kind="'):
-            kind, _, value = line[len('meshtrace_store_memory_bytes{kind="') :].partition('"} ')
+        if line.startswith(prefix):
+            kind, _, value = line[len(prefix) :].partition('"} ')
             out[kind] = round(float(value) / 2**20, 1)
     return out
 
@@ -159,7 +247,11 @@ def query_loop(api: httpx.Client, stop_at: float, win: Window, interval: float) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=30.0)
-    parser.add_argument("--rate", type=float, default=27_000, help="spans/s offered (80%% of the measured maximum)")
+    parser.add_argument(
+        "--rate",
+        default="27000",
+        help="spans/s offered, or 'max': as fast as acknowledged, with the same queries (the mixed maximum)",
+    )
     parser.add_argument("--requests", type=int, default=1000, help="distinct pre-built requests, sent in a cycle")
     parser.add_argument("--query-interval", type=float, default=0.5, help="pause between queries (s)")
     parser.add_argument("--sample", type=float, default=10.0, help="seconds between samples")
@@ -167,7 +259,8 @@ def main() -> None:
     parser.add_argument("serve_args", nargs="*", help="extra flags for meshtrace serve (after --)")
     args = parser.parse_args()
 
-    requests = build_requests(args.requests, 512)
+    rate = None if args.rate == "max" else float(args.rate)
+    requests = Requests(args.requests, 512, rate or MAX_RATE_GUESS)
     with tempfile.TemporaryDirectory(prefix="meshtrace-soak-") as data:
         server = ServerProcess(Path(data), "--token", f"bench={TOKEN}", *args.serve_args).start()
         try:
@@ -176,7 +269,7 @@ def main() -> None:
             start = time.monotonic()
             stop_at = start + args.minutes * 60
             sender = threading.Thread(
-                target=lambda: asyncio.run(send(server.grpc, requests, args.rate, stop_at, win)), daemon=True
+                target=lambda: asyncio.run(send(server.grpc, requests, rate, stop_at, win)), daemon=True
             )
             querier = threading.Thread(
                 target=query_loop, args=(server.api(TOKEN), stop_at, win, args.query_interval), daemon=True
@@ -205,7 +298,11 @@ def main() -> None:
                         "query_max_ms": {name: _pct(times, 1.0) for name, times in sorted(by_query.items())},
                         "export_errors": export_errors,
                         "query_errors": query_errors,
-                        "store_memory_mib": store_memory(metrics),
+                        "store_memory_mib": by_kind(metrics, "meshtrace_store_memory_bytes"),
+                        "heap_mib": {
+                            **by_kind(metrics, "meshtrace_heap_bytes"),
+                            "returned": round(metric(metrics, "meshtrace_heap_returned_bytes_total") / 2**20, 1),
+                        },
                     }
                     cpu_prev = cpu
                     samples.append(sample)
@@ -228,6 +325,9 @@ def main() -> None:
                 "spans_stored": stored,
                 "stored_equals_acknowledged": stored == win.acked,
                 "spans_per_s_acknowledged": round(win.acked / (args.minutes * 60)),
+                # What the store took in over the second half: with --rate max, the sustained maximum (the
+                # first minutes also fill the write-ahead log up to --max-pending).
+                "spans_per_s_stored_second_half": _stored_rate(samples[len(samples) // 2 :]),
                 "export_errors": sum(s["export_errors"] for s in samples),
                 "query_errors": sum(s["query_errors"] for s in samples),
                 "queries": sum(s["queries"] for s in samples),

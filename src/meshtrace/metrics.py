@@ -55,6 +55,11 @@ class Metrics:
             buckets=(10, 100, 1000, 2500, 5000, 10000, 20000, 50000),
             registry=self.registry,
         )
+        self.heap_returned = Counter(
+            "meshtrace_heap_returned_bytes",
+            "Free heap given back to the system (malloc_trim), measured as the RSS it shed.",
+            registry=self.registry,
+        )
 
     def gauge(self, name: str, doc: str, read: Callable[[], float]) -> None:
         """A gauge read at scrape time (queue depth, store size)."""

@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 import orjson
 
+from meshtrace import heap
 from meshtrace.api.app import create_app
 from meshtrace.config import ServeConfig
 from meshtrace.errors import ConfigError, StoreError
@@ -166,6 +167,12 @@ class Backend:
         size = _Cached("size", store.size, StoreSize(0, 0, 0))
         memory: _Cached[dict[str, int]] = _Cached("memory", store.memory, {})
         self.metrics.gauges(
+            "meshtrace_heap_bytes",
+            "The process heap by glibc's allocator: in_use, and free but held (given back every 30 s past 64 MiB).",
+            "kind",
+            heap.usage,
+        )
+        self.metrics.gauges(
             "meshtrace_store_memory_bytes",
             "ClickHouse's memory by kind: tracked (queries, merges, inserts) and its caches. Embedded: part of "
             "this process's RSS, bounded by --store-cache-mib.",
@@ -250,6 +257,18 @@ async def _report(backend: Backend, every: float = 60.0) -> None:
             last = stored
 
 
+async def _trim_heap(backend: Backend, every: float = 30.0, threshold: int = 64 << 20) -> None:
+    """Give the allocator's free memory back every ``every`` seconds once more than ``threshold`` is held
+    (``meshtrace.heap``): RSS then follows what the engine uses instead of the most it ever used."""
+    while True:
+        await asyncio.sleep(every)
+        if heap.usage().get("free", 0) < threshold:
+            continue
+        returned = await asyncio.to_thread(heap.trim)
+        backend.metrics.heap_returned.inc(returned)
+        log.debug("returned %.0f MiB of free heap to the system", returned / 2**20)
+
+
 def _write_ready_file(path: str, endpoints: Endpoints) -> None:
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
@@ -280,8 +299,9 @@ async def serve(
             announce(endpoints)
         if ready_file:
             _write_ready_file(ready_file, endpoints)
-        reporter = asyncio.create_task(_report(backend))
+        tasks = [asyncio.create_task(_report(backend)), asyncio.create_task(_trim_heap(backend))]
         await backend.wait()
-        reporter.cancel()
+        for task in tasks:
+            task.cancel()
     finally:
         await backend.stop()

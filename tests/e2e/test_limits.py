@@ -117,6 +117,10 @@ def test_the_engines_memory_is_on_metrics_and_its_caches_are_bounded(limited: Se
 
     kinds = {"tracked", "mark_cache", "primary_index_cache", "index_mark_cache", "query_condition_cache"}
     assert kinds <= set(memory())
+    text = api.get("/metrics").text
+    assert 'meshtrace_heap_bytes{kind="in_use"}' in text
+    assert 'meshtrace_heap_bytes{kind="free"}' in text
+    assert "meshtrace_heap_returned_bytes_total" in text
     wait_until(lambda: memory()["mark_cache"] > 0 and memory()["tracked"] > 0, timeout=15)  # read, not zeros
     config = (limited.data_dir / "clickhouse" / "meshtrace-engine.xml").read_text()
     assert f"<mark_cache_size>{32 << 20}</mark_cache_size>" in config

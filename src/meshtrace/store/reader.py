@@ -20,7 +20,20 @@ from meshtrace.store.traceql_sql import Plan, candidates
 
 _NS_PER_S = 1_000_000_000
 _REQUEST_SPAN_S = 3600  # how long after its first span a request's spans are looked for
-SEARCH_CHUNK_NS = 60 * _NS_PER_S  # the newest minute first, then 2, 4, 8… minutes before it
+SEARCH_CHUNK_NS = 60 * _NS_PER_S  # a search's first chunk: the window's newest minute
+
+
+def _next_chunk(covered_ns: int, found: int, limit: int, remaining_ns: int) -> int:
+    """How far back the next chunk of a search reaches. Nothing found in the newest minute: the rest of the
+    window in one query (a quiet service, or data that stopped a while ago, costs one small query more than
+    a single scan). Some found: enough, at the rate found so far, for what is missing, with half again as
+    margin, and at least twice what was covered. Dense recent matches (the usual question on a busy mesh)
+    finish in the first minute, whatever the window holds."""
+    if not found:
+        return remaining_ns
+    return max(2 * covered_ns, covered_ns * (limit - found) * 3 // (2 * found))
+
+
 TAG_SAMPLE = 100_000  # spans whose attribute keys autocomplete looks at
 MAX_TRACE_SPANS = 100_000  # spans of one trace returned at most (a runaway trace would exhaust memory)
 
@@ -217,9 +230,9 @@ class ClickHouseReader:
 
     def find_trace_ids(self, query: TraceQuery) -> list[TraceSummary]:
         """Traces ranked by their latest matching span (as Jaeger's Elasticsearch storage ranks them),
-        searched newest chunk first: a trace found in a chunk has no match in any newer one, so its
-        latest match is known exactly there, and the search stops once ``limit`` traces are found. The
-        summary's start and end are those of its matching spans in that chunk."""
+        searched newest chunk first (``_next_chunk``): a trace found in a chunk has no match in any newer
+        one, so its latest match is known exactly there, and the search stops once ``limit`` traces are
+        found. The summary's start and end are those of its matching spans in that chunk."""
         on_index = indexable(query)
         if on_index and REQUEST_ID in query.attributes:
             # The request id names its traces exactly: look them up by key, then search only the
@@ -241,13 +254,15 @@ class ClickHouseReader:
             )
             return self._ranked(where, on_index, query.limit)
         out: list[TraceSummary] = []
-        for chunk in query.time.newest_first(SEARCH_CHUNK_NS):
+        window, end, size = query.time, query.time.end_ns, SEARCH_CHUNK_NS
+        while end > window.start_ns and len(out) < query.limit:
+            chunk = TimeRange(max(window.start_ns, end - size), end)
             where = search_conditions(replace(query, time=chunk), on_index=on_index)
             if out:
                 where.add("TraceId NOT IN {seen:Array(String)}", seen=[s.trace_id for s in out])
             out += self._ranked(where, on_index, query.limit - len(out))
-            if len(out) >= query.limit:
-                break
+            end = chunk.start_ns
+            size = _next_chunk(window.end_ns - end, len(out), query.limit, end - window.start_ns)
         return out
 
     def _ranked(self, where: Conditions, on_index: bool, limit: int) -> list[TraceSummary]:

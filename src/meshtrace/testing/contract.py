@@ -403,9 +403,9 @@ class StoreContract:
             assert ids == expected, case["name"]
 
     def test_search_ranks_by_latest_match_across_chunks(self, store: Store) -> None:
-        """Searches go newest minute first, then 2, 4, 8… minutes back: traces over two hours, some with
-        matching spans minutes apart (across chunk boundaries), give exactly the reference ranking for
-        every limit."""
+        """Searches go newest minute first, then back in chunks: traces over two hours, some with matching
+        spans minutes apart (across chunk boundaries), give exactly the reference ranking for every window
+        and limit."""
         now = time.time_ns()
         minute = 60 * 1_000_000_000
         starts: dict[str, list[int]] = {}
@@ -429,16 +429,16 @@ class StoreContract:
             await store.writer.sync()
 
         asyncio.run(write())
-        window = TimeRange(now - 2 * 3600 * 1_000_000_000, now + minute)
-        ranking = sorted(starts, key=lambda t: (-max(starts[t]), t))
-        for limit in range(1, len(starts) + 2):
-            query = TraceQuery(tenant=SEARCH_TENANT, time=window, service="chunked", limit=limit)
-            assert [s.trace_id for s in store.reader.find_trace_ids(query)] == ranking[:limit], limit
-        narrow = TimeRange(now - 40 * minute, now - 10 * minute)
-        inside = {t: [x for x in v if narrow.start_ns <= x < narrow.end_ns] for t, v in starts.items()}
-        expected = sorted((t for t in inside if inside[t]), key=lambda t: (-max(inside[t]), t))
-        query = TraceQuery(tenant=SEARCH_TENANT, time=narrow, service="chunked", limit=100)
-        assert [s.trace_id for s in store.reader.find_trace_ids(query)] == expected
+        # Windows whose newest minute holds a match (the next chunk sized by the rate found) or none (the
+        # rest of the window at once), wide and narrow.
+        for start, end in ((-120, 1), (-120, 0), (-120, -5), (-120, -20), (-40, -10)):
+            window = TimeRange(now + start * minute, now + end * minute)
+            inside = {t: [x for x in v if window.start_ns <= x < window.end_ns] for t, v in starts.items()}
+            ranking = sorted((t for t in inside if inside[t]), key=lambda t: (-max(inside[t]), t))
+            for limit in range(1, len(starts) + 2):
+                query = TraceQuery(tenant=SEARCH_TENANT, time=window, service="chunked", limit=limit)
+                found = [s.trace_id for s in store.reader.find_trace_ids(query)]
+                assert found == ranking[:limit], (start, end, limit)
 
 
 __all__ = [
