@@ -24,17 +24,17 @@ import grpc
 from rich.progress import Progress
 
 from common import machine, metric, process_stat
-from meshtrace.testing.bookinfo import export_request, traffic
+from meshtrace.testing.bookinfo import BookinfoTrace, export_request, traffic
 from meshtrace.testing.server import ServerProcess
 
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 TOKEN = "bench-token"
 
 
-def build_requests(count: int, spans_per_request: int) -> list[tuple[bytes, int]]:
-    """Distinct requests of about ``spans_per_request`` whole Bookinfo traces each."""
-    out: list[tuple[bytes, int]] = []
-    stream = traffic(seed=1, start_ns=time.time_ns() - 3600 * 10**9, count=10**9, interval_ns=2 * 10**6)
+def grouped_traces(count: int, spans_per_request: int, start_ns: int, interval_ns: int) -> list[list[BookinfoTrace]]:
+    """``count`` groups of whole Bookinfo traces, about ``spans_per_request`` spans each (one request each)."""
+    groups: list[list[BookinfoTrace]] = []
+    stream = traffic(seed=1, start_ns=start_ns, count=10**9, interval_ns=interval_ns)
     with Progress(transient=True) as progress:
         task = progress.add_task("building requests", total=count)
         for _ in range(count):
@@ -43,9 +43,15 @@ def build_requests(count: int, spans_per_request: int) -> list[tuple[bytes, int]
                 trace = next(stream)
                 traces.append(trace)
                 spans += len(trace.spans)
-            out.append((export_request(traces).SerializeToString(), spans))
+            groups.append(traces)
             progress.advance(task)
-    return out
+    return groups
+
+
+def build_requests(count: int, spans_per_request: int) -> list[tuple[bytes, int]]:
+    """Distinct requests of about ``spans_per_request`` whole Bookinfo traces each."""
+    groups = grouped_traces(count, spans_per_request, time.time_ns() - 3600 * 10**9, 2 * 10**6)
+    return [(export_request(traces).SerializeToString(), sum(len(t.spans) for t in traces)) for traces in groups]
 
 
 async def drive(

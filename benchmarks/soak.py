@@ -31,11 +31,10 @@ from typing import Any
 
 import grpc
 import httpx
-from rich.progress import Progress
 
 from common import machine, metric, process_stat
-from ingest import EXPORT, TOKEN
-from meshtrace.testing.bookinfo import export_request, traffic
+from ingest import EXPORT, TOKEN, grouped_traces
+from meshtrace.testing.bookinfo import export_request
 from meshtrace.testing.server import ServerProcess
 
 MAX_RATE_GUESS = 30_000.0  # spans/s the data's timestamps advance at when finding the maximum
@@ -58,18 +57,7 @@ class Requests:
 
     def __init__(self, count: int, spans_per_request: int, rate: float) -> None:
         self.items: list[tuple[bytes, int, list[int], list[tuple[int, int]]]] = []
-        traces_per_request: list[list[Any]] = []
-        stream = traffic(seed=1, start_ns=0, count=10**9, interval_ns=10**6)
-        with Progress(transient=True) as progress:
-            task = progress.add_task("building requests", total=count)
-            for _ in range(count):
-                traces, spans = [], 0
-                while spans < spans_per_request:
-                    trace = next(stream)
-                    traces.append(trace)
-                    spans += len(trace.spans)
-                traces_per_request.append(traces)
-                progress.advance(task)
+        traces_per_request = grouped_traces(count, spans_per_request, 0, 10**6)
         total = sum(len(t.spans) for traces in traces_per_request for t in traces)
         last = max(p.span.end_time_unix_nano for traces in traces_per_request for t in traces for p in t.spans)
         self.period_ns = int(total / rate * 1e9)  # one pass at the offered rate
