@@ -20,6 +20,7 @@ from meshtrace.store.graph import ServiceGraphBuilder
 from meshtrace.testing.bookinfo import BookinfoTrace, bookinfo_trace, export_request
 from meshtrace.testing.cluster import CLUSTER
 from tests.conftest import new_store
+from tests.e2e.conftest import wait_until
 
 WAIT_MS = 1500
 
@@ -199,5 +200,25 @@ def test_one_backend_builds_and_another_takes_over_when_it_stops(
         assert _edges(store)[("productpage.default", "reviews.default", "")] == 20
         assert first.beat() is True  # back: the oldest leads again, and the other stands by
         assert second.beat() is False
+        first.resign()  # a clean stop: the other leads at its next beat, within the lease
+        assert second.beat() is True
+        assert first.leading is False
     finally:
         asyncio.run(store.close())
+
+
+@pytest.mark.parametrize("cluster", [None, CLUSTER])
+def test_a_backend_stopping_cleanly_hands_the_graph_over_at_once(
+    chdb_engine: ChdbEngine, tmp_path: Path, cluster: str | None
+) -> None:
+    store = new_store(chdb_engine, tmp_path, cluster=cluster, flush_interval=0.02)
+    first = store.graph
+    successor = ServiceGraphBuilder(store.engine, store.schema)
+    first.id, successor.id = "1000-a", "2000-b"
+    asyncio.run(store.start())
+    try:
+        wait_until(lambda: first.leading)
+        assert successor.beat() is False  # the running one leads (its heartbeat is fresh)
+    finally:
+        asyncio.run(store.close())  # stops the builder thread, which resigns
+    assert successor.beat() is True  # long before the 15 s lease would have run out
