@@ -175,7 +175,7 @@ class Backend:
         self.metrics.gauges(
             "meshtrace_store_memory_bytes",
             "ClickHouse's memory by kind: tracked (queries, merges, inserts) and its caches. Embedded: part of "
-            "this process's RSS, bounded by --store-cache-mib.",
+            "this process's RSS, caches bounded by --store-cache.",
             "kind",
             memory.get,
         )
