@@ -28,7 +28,7 @@ def parse_address(text: str, *, default_host: str = "0.0.0.0") -> Address:
     """``host:port``, ``[::1]:port`` or ``:port``."""
     value = str(text).strip()
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
+    if not sep or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise ValueError(f"{text!r} is not host:port")
     return Address(host.strip("[]") or default_host, int(port))
 

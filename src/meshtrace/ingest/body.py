@@ -12,8 +12,9 @@ _CHUNK = 64 << 10
 
 async def read_limited(chunks: AsyncIterator[bytes], limit: int, content_length: str | None) -> bytes:
     """Read a streamed body, refusing it as soon as it exceeds ``limit`` bytes."""
-    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
-        raise PayloadTooLarge(f"body of {int(content_length)} bytes is over the limit of {limit} bytes")
+    declared = content_length if content_length and content_length.isascii() and content_length.isdigit() else None
+    if declared is not None and int(declared) > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit} bytes")
     parts: list[bytes] = []
     size = 0
     async for chunk in chunks:

@@ -98,7 +98,7 @@ def _short_match(sp: ServicePort, host: str) -> bool:
 
 
 def _target_port(pod: Pod, target: int | str) -> int | None:
-    if isinstance(target, int) or (isinstance(target, str) and target.isdigit()):
+    if isinstance(target, int) or (isinstance(target, str) and target.isascii() and target.isdigit()):
         return int(target)
     for container in pod.containers:
         if target in container.named_ports:
@@ -198,7 +198,8 @@ class ControlPlane:
         for service in services:
             for raw in service.spec.get("ports") or []:
                 target = raw.get("targetPort", raw["port"])
-                port_map[int(raw["port"])] = int(target) if str(target).isdigit() else int(raw["port"])
+                number = str(target).isascii() and str(target).isdigit()
+                port_map[int(raw["port"])] = int(target) if number else int(raw["port"])
         listeners: dict[int, list[dict[str, Any]]] = {}
         for (ns, name), gateway in sorted(self.cluster.gateways.items()):
             if not gateway.selector or any(pod.labels.get(k) != v for k, v in gateway.selector.items()):

@@ -25,7 +25,7 @@ class SpanKind(StrEnum):
     def parse(cls, text: str) -> SpanKind:
         """Accept ``server``, ``SPAN_KIND_SERVER``, ``Server`` and the OTLP enum number."""
         key = text.strip().upper().removeprefix("SPAN_KIND_")
-        if key.isdigit():
+        if key.isascii() and key.isdigit():  # not "¹": str.isdigit() is true for it, int() refuses it
             return list(cls)[int(key)]
         return cls[key]
 

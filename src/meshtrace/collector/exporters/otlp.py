@@ -217,7 +217,8 @@ class OtlpHttpExporter(Exporter):
         message = f"HTTP {response.status_code}: {response.text[:300]}"
         if response.status_code in RETRYABLE_HTTP:
             after = response.headers.get("retry-after")
-            raise RetryableError(message, retry_after=float(after) if after and after.isdigit() else None)
+            seconds = float(after) if after and after.isascii() and after.isdigit() else None
+            raise RetryableError(message, retry_after=seconds)
         raise PermanentError(message)
 
     async def close(self) -> None:

@@ -24,7 +24,7 @@ def book(product_id: int) -> dict[str, object]:
 
 async def details(request: Request) -> JSONResponse:
     raw = request.path_params["id"]
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         return JSONResponse({"error": "please provide numeric product id"}, status_code=400)
     return JSONResponse(book(int(raw)))
 

@@ -156,7 +156,7 @@ def app() -> Starlette:
 
     def product_id(request: Request) -> int | None:
         raw = request.path_params["id"]
-        return int(raw) if raw.isdigit() else None
+        return int(raw) if raw.isascii() and raw.isdigit() else None
 
     async def product(request: Request) -> JSONResponse:
         pid = product_id(request)

@@ -15,7 +15,7 @@ def app() -> Starlette:
 
     async def get(request: Request) -> JSONResponse:
         raw = request.path_params["id"]
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()):
             return JSONResponse({"error": "please provide numeric product ID"}, status_code=400)
         product_id = int(raw)
         return JSONResponse({"id": product_id, "ratings": stored.get(product_id, DEFAULT)})
@@ -26,7 +26,8 @@ def app() -> Starlette:
             body = await request.json()
         except ValueError:
             body = None
-        if not raw.isdigit() or not isinstance(body, dict) or not all(isinstance(v, int) for v in body.values()):
+        valid = isinstance(body, dict) and all(isinstance(v, int) for v in body.values())
+        if not (raw.isascii() and raw.isdigit()) or not valid:
             return JSONResponse({"error": "please provide valid ratings JSON"}, status_code=400)
         stored[int(raw)] = {str(k): int(v) for k, v in body.items()}
         return JSONResponse({"id": int(raw), "ratings": stored[int(raw)]})

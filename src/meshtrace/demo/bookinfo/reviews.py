@@ -29,7 +29,7 @@ def app(version: str) -> Starlette:
 
     async def reviews(request: Request) -> JSONResponse:
         raw = request.path_params["id"]
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()):
             return JSONResponse({"error": "please provide numeric product id"}, status_code=400)
         items = []
         ratings = None

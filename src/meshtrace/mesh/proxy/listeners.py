@@ -75,9 +75,9 @@ def _host_port(value: bytes) -> tuple[str, int]:
     text = value.decode("latin-1")
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else 80
+        return host, int(rest[1:]) if rest.startswith(":") and rest[1:].isascii() and rest[1:].isdigit() else 80
     host, sep, port = text.rpartition(":")
-    if sep and port.isdigit():
+    if sep and port.isascii() and port.isdigit():
         return host, int(port)
     return text, 80
 
