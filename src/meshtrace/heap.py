@@ -10,10 +10,7 @@ Elsewhere than glibc both functions are absent and this module reports nothing.
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
-
-log = logging.getLogger("meshtrace.heap")
 
 
 class _MallInfo2(ctypes.Structure):

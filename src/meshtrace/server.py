@@ -260,13 +260,16 @@ async def _report(backend: Backend, every: float = 60.0) -> None:
 async def _trim_heap(backend: Backend, every: float = 30.0, threshold: int = 64 << 20) -> None:
     """Give the allocator's free memory back every ``every`` seconds once more than ``threshold`` is held
     (``meshtrace.heap``): RSS then follows what the engine uses instead of the most it ever used."""
+
+    def trim_if_held() -> int:  # both walk every arena under its lock: off the event loop
+        return heap.trim() if heap.usage().get("free", 0) >= threshold else 0
+
     while True:
         await asyncio.sleep(every)
-        if heap.usage().get("free", 0) < threshold:
-            continue
-        returned = await asyncio.to_thread(heap.trim)
-        backend.metrics.heap_returned.inc(returned)
-        log.debug("returned %.0f MiB of free heap to the system", returned / 2**20)
+        returned = await asyncio.to_thread(trim_if_held)
+        if returned:
+            backend.metrics.heap_returned.inc(returned)
+            log.debug("returned %.0f MiB of free heap to the system", returned / 2**20)
 
 
 def _write_ready_file(path: str, endpoints: Endpoints) -> None:
