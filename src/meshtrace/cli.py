@@ -44,6 +44,10 @@ def _setup_logging(level: str) -> None:
     )
     for noisy in ("uvicorn.error", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The ClickHouse client and its HTTP pool log every failed attempt; the store reports each failure
+    # once, with what it means for the spans. (clickhouse_connect sets "urllib3" itself when imported.)
+    for noisy in ("clickhouse_connect", "urllib3.connectionpool"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def _announce(config: ServeConfig, generated_token: str | None) -> Callable[[Endpoints], None]:
@@ -171,6 +175,14 @@ def serve(
             envvar="MESHTRACE_QUERY_TIMEOUT",
         ),
     ] = "30s",
+    store_wait: Annotated[
+        str,
+        typer.Option(
+            help="How long to keep trying a ClickHouse server (--store) that does not answer at start; meanwhile "
+            "/healthz answers, /readyz says why and exports are refused as retryable. 0s gives up at once.",
+            envvar="MESHTRACE_STORE_WAIT",
+        ),
+    ] = "5m",
     max_request_spans: Annotated[
         int,
         typer.Option(
@@ -200,7 +212,8 @@ def serve(
 ) -> None:
     """Run the tracing backend: OTLP ingest with tokens, the ClickHouse store, the query API.
 
-    Exit codes: 0 after a clean stop (SIGINT/SIGTERM), 1 when the store fails, 2 for a configuration error.
+    Exit codes: 0 after a clean stop (SIGINT/SIGTERM), 1 when the store fails (a ClickHouse server that did
+    not answer within --store-wait included), 2 for a configuration error.
     """
     values = {
         "grpc": grpc,
@@ -222,6 +235,7 @@ def serve(
         "store_cache": store_cache,
         "writers": writers,
         "query_timeout": query_timeout,
+        "store_wait": store_wait,
         "max_request_spans": max_request_spans,
         "max_trace_spans": max_trace_spans,
         "log_level": log_level,

@@ -31,6 +31,7 @@ FIXES = {
     "flush_interval": "give a duration such as 200ms",
     "graph_wait": "give a duration such as 10s",
     "query_timeout": "give a duration such as 30s or 2m",
+    "store_wait": "give a duration such as 5m, or 0s to give up at once",
     "max_request_spans": "give a number of spans, e.g. 100000",
     "max_trace_spans": "give a number of spans, e.g. 100000",
     "tokens": "map each tenant to a token or a list of tokens, e.g. {acme: s3cret}",
@@ -63,6 +64,7 @@ class ServeConfig(BaseModel):
     store_cache: str = "512MiB"
     writers: int = Field(default=2, ge=1, le=16)
     query_timeout: str = "30s"
+    store_wait: str = "5m"
     max_request_spans: int = Field(default=100_000, ge=1)
     max_trace_spans: int = Field(default=100_000, ge=1)
     log_level: str = "info"
@@ -79,6 +81,16 @@ class ServeConfig(BaseModel):
         try:
             if parse_duration_ns(value) <= 0:
                 raise ValueError("must be positive")
+        except InvalidQuery as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("store_wait")
+    @classmethod
+    def _wait(cls, value: str) -> str:
+        try:
+            if parse_duration_ns(value) < 0:
+                raise ValueError("must not be negative")
         except InvalidQuery as exc:
             raise ValueError(str(exc)) from None
         return value
@@ -113,6 +125,10 @@ class ServeConfig(BaseModel):
     @property
     def retention_s(self) -> int:
         return max(parse_duration_ns(self.retention) // 1_000_000_000, 3600)
+
+    @property
+    def store_wait_s(self) -> float:
+        return parse_duration_ns(self.store_wait) / 1e9
 
     @property
     def max_body_bytes(self) -> int:

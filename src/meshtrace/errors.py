@@ -16,6 +16,7 @@ protobuf) are translated where they are called, so callers only ever see this tr
     │   ├── PermanentError     retrying will not help (bad data, 400/401, INVALID_ARGUMENT): dropped, counted
     │   └── RetryableError     try again later (queue full, memory limit, 503/UNAVAILABLE)
     ├── StoreError             the ClickHouse engine failed or is unreachable
+    │   └── StoreUnavailable   no answer (unreachable, connection lost): a write's outcome is unknown
     └── QueryError             a query that cannot be answered as asked
         ├── InvalidQuery       bad parameter (id, duration, time)  → HTTP 400
         ├── TraceNotFound      no such trace for this tenant       → HTTP 404
@@ -91,6 +92,11 @@ class RetryableError(PipelineError):
 
 class StoreError(MeshtraceError):
     """The storage engine failed; the message carries the engine's own words."""
+
+
+class StoreUnavailable(StoreError):
+    """The server gave no answer (unreachable, connection lost mid-request): an insert may or may not have
+    committed, so only the same insert, with the same deduplication token, is safe to repeat."""
 
 
 class QueryError(MeshtraceError):

@@ -1,6 +1,7 @@
 """``meshtrace serve``: the store, the OTLP/gRPC, OTLP/HTTP and query servers, one event loop.
 
-Start order: open the store (replaying the write-ahead log), bind every port, then announce. Stop order
+Start order: bind the HTTP ports (alive, not ready), open the store (a ClickHouse server is waited for
+up to ``--store-wait``) and replay the write-ahead log, start gRPC, swap the real apps in, announce. Stop order
 (SIGTERM/SIGINT): stop taking requests and finish those in flight, insert everything acknowledged,
 close the store.
 """
@@ -20,6 +21,7 @@ import grpc
 import orjson
 
 from meshtrace import heap
+from meshtrace.api import starting
 from meshtrace.api.app import create_app
 from meshtrace.config import ServeConfig
 from meshtrace.errors import ConfigError, StoreError
@@ -81,6 +83,7 @@ class Backend:
         self._servers: list[RunningHttp] = []
         self._stop = asyncio.Event()
         self._started = False
+        self._opening = "opening the store"  # what /readyz says until the backend is ready
         self._stored: dict[str, int] = {}  # spans stored per tenant since start
 
     def _on_commit(self, batch: list[Record], seconds: float) -> None:
@@ -138,7 +141,7 @@ class Backend:
     def readiness(self) -> list[str]:
         problems = []
         if not self._started or self.store is None:
-            return ["starting"]
+            return [self._opening]
         writer = self.store.writer
         if not writer.healthy:
             problems.append(f"store writes failing: {writer.stats.last_error or 'write-ahead log broken'}")
@@ -146,10 +149,26 @@ class Backend:
             problems.append("ingest queue full: refusing writes until the store catches up")
         return problems
 
-    async def start(self) -> Endpoints:
+    async def start(self) -> Endpoints | None:
+        """Bind the ports, open the store, serve; ``None`` when told to stop before the store opened."""
         config = self.config
-        store = self.store = await asyncio.to_thread(Store.open, config.store_options(), self._on_commit)
+        # The HTTP ports answer at once (alive, not ready, exports refused as retryable) while the store
+        # opens: a ClickHouse server may come up after the backend, a long log may replay.
+        socks = {
+            "otlp_http": bind(config.address("otlp_http"), "otlp_http"),
+            "http": bind(config.address("http"), "http"),
+        }
+        switches = {
+            "otlp_http": starting.Switch(starting.otlp_app(self.readiness)),
+            "http": starting.Switch(starting.query_app(self.readiness)),
+        }
+        for name, switch in switches.items():
+            self._servers.append(await serve_http(switch, socks[name]))
+        store = self.store = await self._open_store()
+        if store is None:
+            return None
         log.info("store: %s", store.engine.description)
+        self._opening = "replaying the write-ahead log"
         recovery = await store.start()
         if recovery.item_count:
             log.info("store: replayed %d acknowledged spans from the write-ahead log", recovery.item_count)
@@ -193,10 +212,6 @@ class Backend:
             retention_ns=config.retention_s * 1_000_000_000,
             max_request_spans=config.max_request_spans,
         )
-        socks = {
-            "otlp_http": bind(config.address("otlp_http"), "otlp_http"),
-            "http": bind(config.address("http"), "http"),
-        }
         grpc_server = self._grpc = create_server(TraceServiceHandler(ingest, self.auth), config.max_body_bytes)
         grpc_address = config.address("grpc")
         try:
@@ -209,19 +224,54 @@ class Backend:
             ) from exc
         await grpc_server.start()
 
-        query_app = create_app(
+        switches["http"].app = create_app(
             QueryService(store.reader, store.analytics),
             self.auth,
             self.metrics,
             self.readiness,
             status=lambda tenant: self.status(tenant, ingest, size),
         )
-        otlp_app = OtlpHttpApp(ingest, self.auth, config.max_body_bytes).app
-        for app, sock in ((otlp_app, socks["otlp_http"]), (query_app, socks["http"])):
-            self._servers.append(await serve_http(app, sock))
+        switches["otlp_http"].app = OtlpHttpApp(ingest, self.auth, config.max_body_bytes).app
         self._started = True
         grpc_shown = str(Address(grpc_address.host, grpc_port))
         return Endpoints(grpc_shown, shown(socks["otlp_http"]), shown(socks["http"]))
+
+    async def _open_store(self) -> Store | None:
+        """Open the store; a ClickHouse server that does not answer is tried again for ``--store-wait``
+        (an embedded store that cannot open will not open by waiting). ``None`` if told to stop first."""
+        options = self.config.store_options()
+        wait_s = self.config.store_wait_s
+        began = time.monotonic()
+        delay, attempts = 1.0, 0
+        while True:
+            try:
+                return await asyncio.to_thread(Store.open, options, self._on_commit)
+            except StoreError as exc:
+                attempts += 1
+                waited = time.monotonic() - began
+                if options.url is None:
+                    raise
+                if waited >= wait_s:
+                    if attempts == 1:
+                        raise
+                    gave_up = f"gave up after {attempts} attempts in {waited:.0f}s: --store-wait"
+                    raise StoreError(f"{exc} ({gave_up})") from exc
+                pause = min(delay, wait_s - waited)
+                self._opening = f"waiting for the store: {exc}"
+                log.warning(
+                    "cannot open the store (attempt %d, %.0fs of --store-wait %s): %s; trying again in %.0fs",
+                    attempts,
+                    waited,
+                    self.config.store_wait,
+                    exc,
+                    pause,
+                )
+            try:
+                await asyncio.wait_for(self._stop.wait(), pause)
+                log.info("stopped while waiting for the store")
+                return None
+            except TimeoutError:
+                delay = min(delay * 2, 10.0)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -297,6 +347,8 @@ async def serve(
     try:
         started = time.perf_counter()
         endpoints = await backend.start()
+        if endpoints is None:
+            return
         log.info("ready in %.1fs", time.perf_counter() - started)
         if announce is not None:
             announce(endpoints)

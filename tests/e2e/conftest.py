@@ -32,9 +32,9 @@ def wait_until(check: Callable[[], Any], timeout: float = 15.0, interval: float 
 class ServerProcess(BaseServerProcess):
     """The package's server process, failing the test (with the server's log) when it cannot start."""
 
-    def start(self, timeout: float = 60.0) -> ServerProcess:
+    def wait_ready(self, timeout: float = 60.0) -> ServerProcess:
         try:
-            super().start(timeout)
+            super().wait_ready(timeout)
         except ServerStartError as exc:
             pytest.fail(str(exc))
         return self

@@ -43,7 +43,7 @@ _HTTP_STATUS: dict[type[Exception], tuple[int, int]] = {  # error → (HTTP stat
 }
 
 
-def _media_type(request: Request) -> str:
+def media_type(request: Request) -> str:
     value = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if value in (PROTOBUF, "application/protobuf"):
         return PROTOBUF
@@ -96,7 +96,7 @@ class OtlpHttpApp:
             return error_response(exc, media)
 
     async def otlp_traces(self, request: Request) -> Response:
-        media = _media_type(request)
+        media = media_type(request)
 
         async def work(tenant: str, body: bytes) -> Response:
             if media == PROTOBUF:
@@ -112,7 +112,7 @@ class OtlpHttpApp:
         return await self._handle(request, "otlp_http", media if media == PROTOBUF else JSON, work)
 
     async def zipkin_spans(self, request: Request) -> Response:
-        media = _media_type(request)
+        media = media_type(request)
 
         async def work(tenant: str, body: bytes) -> Response:
             if media not in (JSON, ""):

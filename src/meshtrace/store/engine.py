@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 
-from meshtrace.errors import ConfigError, QueryTimeout, StoreError
+from meshtrace.errors import ConfigError, QueryTimeout, StoreError, StoreUnavailable
 
 _JSON_SETTINGS = " SETTINGS output_format_json_validate_utf8 = 1, output_format_json_quote_64bit_integers = 0"
 
@@ -51,6 +51,27 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+def _reason(exc: BaseException) -> str:
+    """The driver's message, or for a connection that failed the system's reason ("Connection refused")
+    instead of the HTTP client's retry report around it."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if type(cause).__module__ == "builtins" and isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+        if isinstance(cause, TimeoutError):
+            return "timed out"
+        cause = cause.__cause__ or cause.__context__
+    return str(exc)
+
+
+def _no_answer(exc: BaseException) -> bool:
+    """clickhouse-connect's error for a request the server never answered (refused, reset, timed out):
+    an ``OperationalError`` without a ClickHouse error code."""
+    from clickhouse_connect.driver.exceptions import OperationalError
+
+    return isinstance(exc, OperationalError) and getattr(exc, "code", None) is None
+
+
 @contextlib.contextmanager
 def _translated(what: str) -> Iterator[None]:
     try:
@@ -58,7 +79,12 @@ def _translated(what: str) -> Iterator[None]:
     except StoreError:
         raise
     except Exception as exc:  # the drivers raise RuntimeError, ChdbError, DatabaseError, OSError, ...
-        raise StoreError(f"{what}: {exc}") from exc
+        kind = (
+            StoreUnavailable
+            if type(exc).__module__.startswith("clickhouse_connect") and _no_answer(exc)
+            else StoreError
+        )
+        raise kind(f"{what}: {_reason(exc)}") from exc
 
 
 # Errors of a failed write, counted by the engine even when its streaming insert does not raise them.

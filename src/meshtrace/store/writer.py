@@ -6,6 +6,9 @@ inserts. The inserter thread takes whatever is pending when ``flush_spans`` span
 oldest has waited ``flush_interval``, inserts it into the ``Null`` table (ClickHouse decodes the OTLP
 bytes itself) with the batch's deduplication token, then advances the log's checkpoint.
 
+An insert that got no answer (``StoreUnavailable``) may have committed: it is repeated as it was, same
+token, never split; only inserts the store refused are split to find records it will never take.
+
 Memory is bounded: requests not yet inserted are kept in memory (and on disk); past ``max_pending_bytes``
 new requests are refused with ``Overloaded`` and a Retry-After estimated from the insert rate.
 
@@ -24,7 +27,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from meshtrace.errors import Overloaded, StoreError
+from meshtrace.errors import Overloaded, StoreError, StoreUnavailable
 from meshtrace.store.api import SpanBatch
 from meshtrace.store.engine import Engine
 from meshtrace.store.schema import WIRE_MESSAGE, Schema, wire_schema
@@ -293,24 +296,25 @@ class Writer:
             self._insert(batch, retry_forever=self.wal is not None)
 
     def _insert(self, batch: list[Record], *, retry_forever: bool) -> None:
-        """Insert one batch; with a log behind it, keep at it until every record landed or was set aside."""
+        """Insert one batch; with a log behind it, keep at it until every record landed or was set aside.
+
+        Only an insert the store refused is split (to find records it will never take): one that got no
+        answer may have committed, so ``_attempt`` repeats it as it was, same token, until it is known.
+        """
         if self.wal is not None:
             self.wal.begin(batch[0].seq, batch[-1].seq)
         delay = 0.1
         while True:
-            # The same batch again first, with the same token: on a server a "failure" may have committed.
             for _ in range(3):
-                try:
-                    self._insert_once(batch)
+                error = self._attempt(batch, patient=retry_forever)
+                if error is None:
                     return
-                except StoreError as exc:
-                    self._note_failure(batch, exc)
-                    if not retry_forever:
-                        self._release_bytes(batch)
-                        self._fail_waiters(batch[0].seq, batch[-1].seq, exc)
-                        return
-                    time.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+                if not retry_forever:
+                    self._release_bytes(batch)
+                    self._fail_waiters(batch[0].seq, batch[-1].seq, error)
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
             # Split it: if some records land, the store works and the others are suspects.
             suspects, landed = self._isolate(batch)
             if not suspects:
@@ -319,7 +323,30 @@ class Writer:
                 for record in suspects:
                     self._retry_or_set_aside(record)
                 return
-            log.warning("store unavailable; retrying %d spans", sum(r.count for r in batch))
+            log.warning("store refuses every part of %d spans; retrying", sum(r.count for r in batch))
+
+    def _attempt(self, batch: list[Record], *, patient: bool = True) -> StoreError | None:
+        """Insert ``batch``: ``None`` once it is in, or the store's refusal. Without an answer (the server
+        unreachable, the connection lost) the same insert is repeated until there is one; ``patient=False``
+        (no log behind the batch) returns that error too."""
+        delay, unknown = 0.1, False
+        while True:
+            try:
+                self._insert_once(batch)
+                return None
+            except StoreUnavailable as exc:
+                self._note_failure(batch, exc)
+                if not patient:
+                    return exc
+                unknown = True
+            except StoreError as exc:
+                self._note_failure(batch, exc)
+                if not unknown:
+                    return exc
+                # Refused after an attempt without an answer, which may have committed: never split
+                # this batch, or that attempt's rows would be inserted again under other tokens.
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     def _isolate(self, batch: list[Record]) -> tuple[list[Record], bool]:
         """Insert halves recursively; return the records that still fail and whether any landed."""
@@ -329,11 +356,9 @@ class Writer:
         suspects: list[Record] = []
         landed = False
         for half in (batch[:middle], batch[middle:]):
-            try:
-                self._insert_once(half)
+            if self._attempt(half) is None:
                 landed = True
-            except StoreError as exc:
-                self._note_failure(half, exc)
+            else:
                 more, some = self._isolate(half)
                 suspects += more
                 landed = landed or some
@@ -341,12 +366,9 @@ class Writer:
 
     def _retry_or_set_aside(self, record: Record, attempts: int = 4) -> None:
         for attempt in range(attempts):
-            try:
-                self._insert_once([record])
+            if self._attempt([record]) is None:
                 return
-            except StoreError as exc:
-                self._note_failure([record], exc)
-                time.sleep(0.1 * 2**attempt)
+            time.sleep(0.1 * 2**attempt)
         # Other records go in and this one never does: keep it for inspection, let the log move on.
         path = self.wal.set_aside(record) if self.wal is not None else "(nowhere: no write-ahead log)"
         log.error(
@@ -384,7 +406,9 @@ class Writer:
         try:
             self.engine.insert(self.schema.otlp_in, encode_rows(batch), "Protobuf", settings)
         except Exception as exc:
-            if self.wal is not None:
+            if self.wal is not None and not isinstance(exc, StoreUnavailable):
+                # Without an answer the range stays in flight: a replay after a crash repeats this very
+                # insert, with its token, as the next attempt would.
                 self.wal.mark_failed(first, last)
             if isinstance(exc, StoreError):
                 raise

@@ -39,6 +39,10 @@ class ChildProcess:
         return [*self.args, "--ready-file", str(self.ready_file)]
 
     def start(self, timeout: float = 60.0) -> ChildProcess:
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> ChildProcess:
+        """Start the process without waiting for it to be ready."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.ready_file.unlink(missing_ok=True)
         with open(self.log_path, "ab") as log:
@@ -46,6 +50,10 @@ class ChildProcess:
                 [sys.executable, "-m", "meshtrace", self.command, *self.arguments()],
                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "COLUMNS": "200", **self.env},
             )  # fmt: skip
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> ChildProcess:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while not self.ready_file.exists():
             if self.proc.poll() is not None:
