@@ -4,6 +4,7 @@ killed with SIGKILL; each test counts the spans acknowledged against the spans s
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from pathlib import Path
@@ -11,9 +12,10 @@ from pathlib import Path
 import httpx
 from google.rpc import status_pb2
 
+from meshtrace.testing.bookinfo import bookinfo_trace
 from meshtrace.testing.clickhouse_http import ClickHouseHttpProcess
 
-from .conftest import TOKENS, ServerProcess, stored, token_args, wait_until
+from .conftest import TOKENS, ServerProcess, jaeger_trace, post_traces, stored, token_args, wait_until
 from .test_durability import requests
 
 HEADERS = {"Content-Type": "application/x-protobuf", "Authentication": TOKENS["acme"]}
@@ -133,3 +135,50 @@ def test_clickhouse_unreachable_while_running_loses_nothing_acknowledged(tmp_pat
         assert restarted.stop() == 0
     finally:
         clickhouse.kill()
+
+
+def test_replicas_on_one_clickhouse_share_ingest_queries_and_one_graph_builder(tmp_path: Path, servers) -> None:
+    """Backends are stateless: two `meshtrace serve` processes on one ClickHouse server each take exports
+    and answer for everything; one builds the service graph, each call counted once, and when it stops
+    (a rolling restart) the other takes over and goes on counting."""
+    clickhouse = ClickHouseHttpProcess(tmp_path / "clickhouse").start()
+    args = (*token_args(), "--store", clickhouse.url("replicas"), "--flush-interval", "50ms", "--graph-wait", "1s")
+    try:
+        first = servers(tmp_path / "first", *args)
+        second = servers(tmp_path / "second", *args)
+        leaders = wait_until(lambda: [s for s in (first, second) if _leading(s)] or None)
+        assert len(leaders) == 1
+        rng = random.Random(44)
+        sent: list[str] = []
+        total = 0
+        for round_ in range(4):  # alternate replicas, v3 only so every trace has reviews → ratings
+            traces = [bookinfo_trace(rng, time.time_ns(), reviews_version="v3") for _ in range(10)]
+            post_traces((first, second)[round_ % 2], traces)
+            sent += [t.hex_id for t in traces]
+            total += sum(len(t.spans) for t in traces)
+        for replica in (first, second):
+            wait_until(lambda r=replica: stored(r)[0] == total)
+            assert jaeger_trace(replica, sent[0])["traceID"] == sent[0]  # sent to the first replica
+            assert jaeger_trace(replica, sent[-1])["traceID"] == sent[-1]  # sent to the second
+        wait_until(lambda: _calls(second, "reviews.default", "ratings.default") == 40, timeout=30)
+        assert _calls(first, "productpage.default", "reviews.default") == 40  # built once, seen by both
+
+        leader = leaders[0]
+        other = second if leader is first else first
+        assert leader.stop() == 0
+        wait_until(lambda: _leading(other), timeout=10)  # its heartbeats are gone: no 15 s lease to wait out
+        traces = [bookinfo_trace(rng, time.time_ns(), reviews_version="v3") for _ in range(10)]
+        post_traces(other, traces)
+        wait_until(lambda: _calls(other, "reviews.default", "ratings.default") == 50, timeout=30)
+        assert other.stop() == 0
+    finally:
+        clickhouse.kill()
+
+
+def _leading(server: ServerProcess) -> bool:
+    return bool(server.api().get("/meshtrace/v1/status").raise_for_status().json()["serviceGraph"]["leading"])
+
+
+def _calls(server: ServerProcess, parent: str, child: str) -> int:
+    links = server.api().get("/meshtrace/v1/dependencies", params={"lookback": "1h"}).raise_for_status().json()
+    return sum(link["callCount"] for link in links["links"] if (link["parent"], link["child"]) == (parent, child))
