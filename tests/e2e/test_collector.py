@@ -159,6 +159,44 @@ def test_rotel_in_both_directions(tmp_path, servers, collectors):
         proc.wait(30)
 
 
+class Senders:
+    """Threads exporting Bookinfo traces over OTLP/gRPC to ``address["grpc"]`` (a test restarting the
+    collector points it at the new one) until ``stop``: the spans acknowledged, the exports refused."""
+
+    def __init__(self, address: dict[str, str], *, seed: int, threads: int = 1, pause: float = 0.0) -> None:
+        self.address, self.pause = address, pause
+        self.acked: set[tuple[str, str]] = set()
+        self.refused = 0
+        self._stream = traffic(seed, time.time_ns() - 10**9, 10**6, interval_ns=10**6)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._send) for _ in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def _send(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                traces = [next(self._stream) for _ in range(5)]
+            body = export_request(traces).SerializeToString()
+            try:
+                with grpc.insecure_channel(self.address["grpc"]) as channel:
+                    channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=None)(body, timeout=5)
+            except grpc.RpcError:
+                with self._lock:
+                    self.refused += 1  # not acknowledged: a sender would retry; these spans are not counted
+                time.sleep(0.05)
+                continue
+            with self._lock:
+                self.acked.update((t.hex_id, s.span.span_id.hex()) for t in traces for s in t.spans)
+            time.sleep(self.pause)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+
 def _durable_config(tmp_path: Path, backend_port: int) -> Path:
     """A Collector that queues in files (file_storage) and retries for 5 minutes: what it acknowledged
     survives its own kill -9 and the backend's absence."""
@@ -194,25 +232,8 @@ def test_no_span_is_lost_when_the_backend_is_down_and_the_collector_is_killed(tm
     backend = start_backend()
     collector = collectors(tmp_path / "collector", "--config", str(config))
     address = {"grpc": collector.receiver()}
-    acked: set[tuple[str, str]] = set()
-    stop = threading.Event()
-    stream = traffic(11, time.time_ns() - 10**9, 10**6, interval_ns=10**6)
-
-    def send() -> None:
-        while not stop.is_set():
-            traces = [next(stream) for _ in range(5)]
-            body = export_request(traces).SerializeToString()
-            try:
-                with grpc.insecure_channel(address["grpc"]) as channel:
-                    channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=None)(body, timeout=5)
-            except grpc.RpcError:
-                time.sleep(0.05)  # not acknowledged: the sender would retry; these spans are not counted
-                continue
-            acked.update((t.hex_id, s.span.span_id.hex()) for t in traces for s in t.spans)
-            time.sleep(0.02)
-
-    sender = threading.Thread(target=send)
-    sender.start()
+    senders = Senders(address, seed=11, pause=0.02)
+    acked = senders.acked
     try:
         wait_until(lambda: len(acked) > 200)
         backend.stop()  # the backend goes away while spans keep flowing
@@ -225,8 +246,7 @@ def test_no_span_is_lost_when_the_backend_is_down_and_the_collector_is_killed(tm
         backend = start_backend()
         time.sleep(3)
     finally:
-        stop.set()
-        sender.join(30)
+        senders.stop()
     assert len(acked) > 1000
     wait_until(lambda: stored(backend)[2] >= len(acked), timeout=120)
     distinct = stored(backend)[2]
@@ -246,33 +266,8 @@ def test_kill_9_of_the_collector_under_traffic_loses_no_acknowledged_span(tmp_pa
     config = _durable_config(tmp_path, backend_port)
     collector = collectors(tmp_path / "collector", "--config", str(config))
     address = {"grpc": collector.receiver()}
-    acked: set[tuple[str, str]] = set()
-    refused = 0
-    stop = threading.Event()
-    stream = traffic(12, time.time_ns() - 10**9, 10**6, interval_ns=10**6)
-    lock = threading.Lock()
-
-    def send() -> None:
-        nonlocal refused
-        while not stop.is_set():
-            with lock:
-                traces = [next(stream) for _ in range(5)]
-            body = export_request(traces).SerializeToString()
-            try:
-                with grpc.insecure_channel(address["grpc"]) as channel:
-                    channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=None)(body, timeout=5)
-            except grpc.RpcError:
-                with lock:
-                    refused += 1  # not acknowledged (the collector is gone): a sender would retry
-                time.sleep(0.05)
-                continue
-            with lock:
-                acked.update((t.hex_id, s.span.span_id.hex()) for t in traces for s in t.spans)
-
     rng = random.Random()
-    senders = [threading.Thread(target=send) for _ in range(2)]
-    for sender in senders:
-        sender.start()
+    senders = Senders(address, seed=12, threads=2)
     try:
         for _ in range(3):
             time.sleep(rng.uniform(0.5, 2.5))
@@ -281,9 +276,8 @@ def test_kill_9_of_the_collector_under_traffic_loses_no_acknowledged_span(tmp_pa
             address["grpc"] = collector.receiver()
         time.sleep(1)
     finally:
-        stop.set()
-        for sender in senders:
-            sender.join(30)
+        senders.stop()
+    acked, refused = senders.acked, senders.refused
     assert len(acked) > 1000
     assert refused > 0, "some exports met a killed collector"
     wait_until(lambda: stored(backend)[2] >= len(acked), timeout=60)
