@@ -12,12 +12,14 @@ import asyncio
 import dataclasses
 import os
 import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from meshtrace.errors import StoreError, StoreUnavailable
+from meshtrace.errors import ConfigError, StoreError, StoreUnavailable
 from meshtrace.store import Store, StoreOptions
 from meshtrace.store.engine import ServerAddress, ServerEngine, parse_server_url
 from meshtrace.store.schema import Schema
@@ -81,3 +83,49 @@ def test_a_refusal_is_told_apart_from_no_answer(server_url: str) -> None:
         assert not isinstance(caught.value, StoreUnavailable)
     finally:
         engine.close()
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ClickHouseHttpProcess, Path]]:
+    """The HTTP interface over TLS, with a self-signed certificate for 127.0.0.1 (a private CA's, in effect)."""
+    work = tmp_path_factory.mktemp("clickhouse-https")
+    cert, key = work / "cert.pem", work / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server = ClickHouseHttpProcess(work, tls=(cert, key)).start()
+    try:
+        yield server, cert
+    finally:
+        server.kill()
+
+
+def test_tls_with_a_private_ca(tls_server: tuple[ClickHouseHttpProcess, Path]) -> None:
+    server, cert = tls_server
+    url = server.url("tls")
+    assert url.startswith("clickhouses://")
+    trusted = ServerEngine(parse_server_url(f"{url}?ca_cert={cert}"))
+    try:
+        assert trusted.query("SELECT 1 + {n:UInt8}", {"n": 1}) == [[2]]
+    finally:
+        trusted.close()
+    with pytest.raises(StoreUnavailable) as caught:
+        ServerEngine(parse_server_url(url))  # the system's CAs do not know it
+    assert str(caught.value).endswith("TLS: certificate verify failed: self-signed certificate"), caught.value
+    unchecked = ServerEngine(parse_server_url(f"{url}?verify=false"))
+    unchecked.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("clickhouse://h/db?clustr=x", "unknown store URL parameter clustr"),
+        ("clickhouses://h/db?ca_cert=/no/such.pem", "is not a file"),
+    ],
+)
+def test_store_url_mistakes_are_config_errors(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        parse_server_url(url)
+    assert caught.value.path == "store"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import ssl
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ def _reason(exc: BaseException) -> str:
     while cause is not None:
         if type(cause).__module__ == "builtins" and isinstance(cause, OSError) and cause.strerror:
             return cause.strerror
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS: certificate verify failed: {cause.verify_message}"
         if isinstance(cause, TimeoutError):
             return "timed out"
         cause = cause.__cause__ or cause.__context__
@@ -266,12 +269,19 @@ class ServerAddress:
     secure: bool
     cluster: str | None = None
     replicated: bool = True
+    ca_cert: str | None = None
+    verify: bool = True
+
+
+_URL_PARAMS = ("secure", "cluster", "replicated", "ca_cert", "verify")
 
 
 def parse_server_url(url: str) -> ServerAddress:
     """``clickhouse://[user[:password]@]host[:port][/database][?secure=true][&cluster=NAME]
-    [&replicated=false]`` (HTTP interface). ``cluster`` lays the schema out for a ClickHouse cluster: local
-    tables on every shard (``Replicated*`` unless ``replicated=false``), Distributed tables in front."""
+    [&replicated=false][&ca_cert=PATH][&verify=false]`` (HTTP interface; ``clickhouses://`` is HTTPS).
+    ``cluster`` lays the schema out for a ClickHouse cluster: local tables on every shard (``Replicated*``
+    unless ``replicated=false``), Distributed tables in front. ``ca_cert`` trusts a private CA (PEM);
+    ``verify=false`` skips checking the server's certificate."""
     parts = urlsplit(url)
     if parts.scheme not in ("clickhouse", "clickhouses", "http", "https"):
         raise ConfigError(
@@ -282,7 +292,19 @@ def parse_server_url(url: str) -> ServerAddress:
     if not parts.hostname:
         raise ConfigError("store URL has no host", path="store", fix="e.g. clickhouse://127.0.0.1:8123/otel")
     query = parse_qs(parts.query)
+    unknown = sorted(set(query) - set(_URL_PARAMS))
+    if unknown:
+        raise ConfigError(
+            f"unknown store URL parameter {', '.join(unknown)}",
+            path="store",
+            fix=f"use only {', '.join(_URL_PARAMS)}",
+        )
     secure = parts.scheme in ("clickhouses", "https") or query.get("secure", ["false"])[0] == "true"
+    ca_cert = query.get("ca_cert", [None])[0] or None
+    if ca_cert is not None and not os.path.isfile(ca_cert):
+        raise ConfigError(
+            f"store URL ca_cert {ca_cert!r} is not a file", path="store", fix="give the path of the CA's PEM file"
+        )
     return ServerAddress(
         host=parts.hostname,
         port=parts.port or (8443 if secure else 8123),
@@ -292,6 +314,8 @@ def parse_server_url(url: str) -> ServerAddress:
         secure=secure,
         cluster=query.get("cluster", [None])[0] or None,
         replicated=query.get("replicated", ["true"])[0] != "false",
+        ca_cert=ca_cert,
+        verify=query.get("verify", ["true"])[0] != "false",
     )
 
 
@@ -321,6 +345,8 @@ class ServerEngine:
                     username=self.address.username,
                     password=self.address.password,
                     secure=self.address.secure,
+                    verify=self.address.verify,
+                    ca_cert=self.address.ca_cert,
                     autogenerate_session_id=False,
                     settings=dict(self._settings),
                 )

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -266,10 +267,20 @@ class ClickHouseHttpProcess:
     """This module as a child process (for tests): ``start``, ``url``, then ``kill`` to make ClickHouse
     unreachable and ``start`` again to bring it back on the same port with the same data."""
 
-    def __init__(self, data_dir: Path, port: int = 0, *, user: str = "default", password: str = "") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 0,
+        *,
+        user: str = "default",
+        password: str = "",
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
+        """``tls``: (certificate, key) PEM files to serve HTTPS with."""
         self.data_dir = Path(data_dir).resolve()
         self.port = port
         self.user, self.password = user, password
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> ClickHouseHttpProcess:
@@ -279,7 +290,8 @@ class ClickHouseHttpProcess:
         with open(self.data_dir / "clickhouse-http.log", "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", __name__, "--data", str(self.data_dir / "engine"), "--port", str(self.port),
-                 "--user", self.user, "--password", self.password, "--ready-file", str(ready)],
+                 "--user", self.user, "--password", self.password, "--ready-file", str(ready),
+                 *(("--tls-cert", str(self.tls[0]), "--tls-key", str(self.tls[1])) if self.tls else ())],
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir,  # inline .proto schemas are cached in cwd
             )  # fmt: skip
         deadline = time.monotonic() + timeout
@@ -293,7 +305,8 @@ class ClickHouseHttpProcess:
         return self
 
     def url(self, database: str) -> str:
-        return f"clickhouse://{self.user}:{self.password}@127.0.0.1:{self.port}/{database}"
+        scheme = "clickhouses" if self.tls else "clickhouse"
+        return f"{scheme}://{self.user}:{self.password}@127.0.0.1:{self.port}/{database}"
 
     def kill(self) -> None:
         """SIGKILL by PID, as a crash would."""
@@ -318,9 +331,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config-file", help="a ClickHouse configuration for the engine")
     parser.add_argument("--verbose", action="store_true", help="log every request")
     parser.add_argument("--ready-file", help="write the bound port here once listening")
+    parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM) ...")
+    parser.add_argument("--tls-key", help="... and this key (PEM)")
     args = parser.parse_args(argv)
     engine = Engine(args.data, args.config_file)
     server = Server((args.host, args.port), engine, user=args.user, password=args.password, verbose=args.verbose)
+    if args.tls_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     host, port = str(server.server_address[0]), int(server.server_address[1])
     print(f"listening on {host}:{port}", flush=True)
     if args.ready_file:
