@@ -89,6 +89,14 @@ def test_serve_gives_up_after_store_wait_with_exit_code_1(tmp_path: Path) -> Non
     assert "--store-wait" in log
 
 
+def test_a_stop_while_waiting_for_clickhouse_is_a_clean_stop(tmp_path: Path) -> None:
+    url = f"clickhouse://127.0.0.1:{free_port()}/nowhere"
+    server = ServerProcess(tmp_path, "--no-auth", "--store", url, "--store-wait", "10m").launch()
+    wait_until(lambda: "cannot open the store (attempt 2" in server.log(), timeout=30)
+    assert server.stop(timeout=15) == 0  # SIGTERM: no need to wait the 10 minutes out
+    assert "stopped while waiting for the store" in server.log()
+
+
 def test_clickhouse_unreachable_while_running_loses_nothing_acknowledged(tmp_path: Path, servers) -> None:
     """SIGKILL the ClickHouse server under traffic: exports are still acknowledged (the write-ahead log
     holds them), /readyz and queries say why, and everything reaches ClickHouse once it is back; the same
