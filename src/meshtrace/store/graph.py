@@ -134,7 +134,11 @@ class ServiceGraphBuilder:
     # -- windows ----------------------------------------------------------------------------------
 
     def now_ms(self) -> int:
-        return int(self.engine.query("SELECT toUnixTimestamp64Milli(now64(3))")[0][0])
+        """The store's clock. On a cluster, the slowest node's: each shard stamps its edge halves' arrival
+        with its own clock, and a window must not close before the slowest shard has stamped its halves."""
+        cluster = self.schema.cluster
+        source = f"clusterAllReplicas('{cluster}', system.one)" if cluster else "system.one"
+        return int(self.engine.query(f"SELECT min(toUnixTimestamp64Milli(now64(3))) FROM {source}")[0][0])
 
     def _start_ms(self) -> int:
         rows = self.engine.query(
