@@ -12,9 +12,11 @@ reader threads and the writer thread run in parallel with the event loop.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import ssl
 import threading
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -23,6 +25,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import orjson
 
 from meshtrace.errors import ConfigError, QueryTimeout, StoreError, StoreUnavailable
+
+log = logging.getLogger(__name__)
 
 _JSON_SETTINGS = " SETTINGS output_format_json_validate_utf8 = 1, output_format_json_quote_64bit_integers = 0"
 
@@ -331,6 +335,12 @@ class ServerEngine:
         self._local = threading.local()
         self._all: list[Any] = []
         self._lock = threading.Lock()
+        if address.secure and not address.verify:
+            # Asked for in the URL: said once here, not by urllib3 on every request.
+            from urllib3.exceptions import InsecureRequestWarning
+
+            warnings.filterwarnings("ignore", category=InsecureRequestWarning)
+            log.warning("not checking the certificate of %s (verify=false in the store URL)", self.description)
         self._client()
 
     def _client(self) -> Any:
