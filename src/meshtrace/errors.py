@@ -16,7 +16,7 @@ protobuf) are translated where they are called, so callers only ever see this tr
     │   ├── PermanentError     retrying will not help (bad data, 400/401, INVALID_ARGUMENT): dropped, counted
     │   └── RetryableError     try again later (queue full, memory limit, 503/UNAVAILABLE)
     ├── StoreError             the ClickHouse engine failed or is unreachable
-    │   └── StoreUnavailable   no answer (unreachable, connection lost): a write's outcome is unknown
+    │   └── StoreUnavailable   no answer, or out of disk/memory/parts mid-write: a write's outcome is unknown
     └── QueryError             a query that cannot be answered as asked
         ├── InvalidQuery       bad parameter (id, duration, time)  → HTTP 400
         ├── TraceNotFound      no such trace for this tenant       → HTTP 404
@@ -95,8 +95,10 @@ class StoreError(MeshtraceError):
 
 
 class StoreUnavailable(StoreError):
-    """The server gave no answer (unreachable, connection lost mid-request): an insert may or may not have
-    committed, so only the same insert, with the same deduplication token, is safe to repeat."""
+    """The store could not take the request: no answer (unreachable, connection lost mid-request), or a
+    resource ran out while writing (disk, memory, parts; a failure pushing to one materialized view after
+    others took the rows). An insert may have committed in whole or in part, so only the same insert, with
+    the same deduplication token, is safe to repeat."""
 
 
 class QueryError(MeshtraceError):

@@ -79,6 +79,18 @@ def _no_answer(exc: BaseException) -> bool:
     return isinstance(exc, OperationalError) and getattr(exc, "code", None) is None
 
 
+# Failures that can leave a write partly done (one materialized view's table has the rows, another not)
+# or that pass with time: never a reason to split a batch (see StoreUnavailable).
+_RESOURCE_ERRORS = (
+    "NOT_ENOUGH_SPACE", "not enough space", "No space left", "TOO_MANY_PARTS", "MEMORY_LIMIT_EXCEEDED",
+    "CANNOT_ALLOCATE_MEMORY", "CANNOT_WRITE", "CANNOT_FSYNC", "while pushing to view",
+)  # fmt: skip
+
+
+def _unavailable(message: str) -> bool:
+    return any(marker in message for marker in _RESOURCE_ERRORS)
+
+
 @contextlib.contextmanager
 def _translated(what: str) -> Iterator[None]:
     try:
@@ -86,6 +98,8 @@ def _translated(what: str) -> Iterator[None]:
     except StoreError:
         raise
     except Exception as exc:  # the drivers raise RuntimeError, ChdbError, DatabaseError, OSError, ...
+        if _unavailable(str(exc)):
+            raise StoreUnavailable(f"{what}: {_reason(exc)}") from exc
         kind = (
             StoreUnavailable
             if type(exc).__module__.startswith("clickhouse_connect") and _no_answer(exc)
@@ -219,7 +233,7 @@ class ChdbEngine:
             inserter.finish()
         after, message = self._write_errors(conn)
         if after != before:
-            raise StoreError(f"insert into {table} failed: {message}")
+            raise StoreUnavailable(f"insert into {table} failed: {message}")
 
     @staticmethod
     def _write_errors(conn: Any) -> tuple[int, str]:

@@ -6,8 +6,10 @@ inserts. The inserter thread takes whatever is pending when ``flush_spans`` span
 oldest has waited ``flush_interval``, inserts it into the ``Null`` table (ClickHouse decodes the OTLP
 bytes itself) with the batch's deduplication token, then advances the log's checkpoint.
 
-An insert that got no answer (``StoreUnavailable``) may have committed: it is repeated as it was, same
-token, never split; only inserts the store refused are split to find records it will never take.
+An insert that got no answer, or ran out of disk, memory or parts (``StoreUnavailable``), may have
+committed in whole or in part (one materialized view's table has the rows, another not): it is repeated
+as it was, same token, never split; only inserts the store refused outright are split to find records it
+will never take.
 
 Memory is bounded: requests not yet inserted are kept in memory (and on disk); past ``max_pending_bytes``
 new requests are refused with ``Overloaded`` and a Retry-After estimated from the insert rate.
@@ -298,8 +300,9 @@ class Writer:
     def _insert(self, batch: list[Record], *, retry_forever: bool) -> None:
         """Insert one batch; with a log behind it, keep at it until every record landed or was set aside.
 
-        Only an insert the store refused is split (to find records it will never take): one that got no
-        answer may have committed, so ``_attempt`` repeats it as it was, same token, until it is known.
+        Only an insert the store refused outright is split (to find records it will never take): one that
+        got no answer or ran out of a resource may have committed in part, so ``_attempt`` repeats it as it
+        was, same token, until it goes in.
         """
         if self.wal is not None:
             self.wal.begin(batch[0].seq, batch[-1].seq)
