@@ -329,9 +329,9 @@ class Writer:
             log.warning("store refuses every part of %d spans; retrying", sum(r.count for r in batch))
 
     def _attempt(self, batch: list[Record], *, patient: bool = True) -> StoreError | None:
-        """Insert ``batch``: ``None`` once it is in, or the store's refusal. Without an answer (the server
-        unreachable, the connection lost) the same insert is repeated until there is one; ``patient=False``
-        (no log behind the batch) returns that error too."""
+        """Insert ``batch``: ``None`` once it is in, or the store's refusal. On ``StoreUnavailable`` (no
+        answer, or out of a resource) the same insert is repeated until it goes in or is refused outright;
+        ``patient=False`` (no log behind the batch) returns that error too."""
         delay, unknown = 0.1, False
         while True:
             try:
@@ -346,8 +346,8 @@ class Writer:
                 self._note_failure(batch, exc)
                 if not unknown:
                     return exc
-                # Refused after an attempt without an answer, which may have committed: never split
-                # this batch, or that attempt's rows would be inserted again under other tokens.
+                # Refused after an attempt that may have committed (in part): never split this batch,
+                # or that attempt's rows would be inserted again under other tokens.
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
 
