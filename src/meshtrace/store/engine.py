@@ -71,14 +71,6 @@ def _reason(exc: BaseException) -> str:
     return str(exc)
 
 
-def _no_answer(exc: BaseException) -> bool:
-    """clickhouse-connect's error for a request the server never answered (refused, reset, timed out):
-    an ``OperationalError`` without a ClickHouse error code."""
-    from clickhouse_connect.driver.exceptions import OperationalError
-
-    return isinstance(exc, OperationalError) and getattr(exc, "code", None) is None
-
-
 # Failures that can leave a write partly done (one materialized view's table has the rows, another not)
 # or that pass with time: never a reason to split a batch (see StoreUnavailable).
 _RESOURCE_ERRORS = (
@@ -87,8 +79,16 @@ _RESOURCE_ERRORS = (
 )  # fmt: skip
 
 
-def _unavailable(message: str) -> bool:
-    return any(marker in message for marker in _RESOURCE_ERRORS)
+def _unavailable(exc: BaseException) -> bool:
+    """Whether a write may be partly done: out of a resource, or a request the server never answered
+    (clickhouse-connect's ``OperationalError`` without a ClickHouse error code: refused, reset, timed out)."""
+    if any(marker in str(exc) for marker in _RESOURCE_ERRORS):
+        return True
+    if not type(exc).__module__.startswith("clickhouse_connect"):
+        return False
+    from clickhouse_connect.driver.exceptions import OperationalError
+
+    return isinstance(exc, OperationalError) and getattr(exc, "code", None) is None
 
 
 @contextlib.contextmanager
@@ -98,18 +98,12 @@ def _translated(what: str) -> Iterator[None]:
     except StoreError:
         raise
     except Exception as exc:  # the drivers raise RuntimeError, ChdbError, DatabaseError, OSError, ...
-        if _unavailable(str(exc)):
-            raise StoreUnavailable(f"{what}: {_reason(exc)}") from exc
-        kind = (
-            StoreUnavailable
-            if type(exc).__module__.startswith("clickhouse_connect") and _no_answer(exc)
-            else StoreError
-        )
+        kind = StoreUnavailable if _unavailable(exc) else StoreError
         raise kind(f"{what}: {_reason(exc)}") from exc
 
 
 # Errors of a failed write, counted by the engine even when its streaming insert does not raise them.
-_WRITE_ERRORS_SQL = """SELECT sum(value), argMax(last_error_message, last_error_time) FROM system.errors
+WRITE_ERRORS_SQL = """SELECT sum(value), argMax(last_error_message, last_error_time) FROM system.errors
 WHERE NOT remote AND name IN ('NOT_ENOUGH_SPACE', 'CANNOT_WRITE_TO_FILE_DESCRIPTOR', 'CANNOT_FSYNC',
     'CANNOT_WRITE_TO_OSTREAM', 'CANNOT_ALLOCATE_MEMORY', 'MEMORY_LIMIT_EXCEEDED', 'TOO_MANY_PARTS',
     'CANNOT_OPEN_FILE', 'CANNOT_CLOSE_FILE', 'CANNOT_TRUNCATE_FILE', 'CANNOT_RENAME_FILE')"""
@@ -238,7 +232,7 @@ class ChdbEngine:
     @staticmethod
     def _write_errors(conn: Any) -> tuple[int, str]:
         with _translated("cannot read the engine's error counters"):
-            raw = conn.query(_WRITE_ERRORS_SQL, "JSONCompact").bytes()
+            raw = conn.query(WRITE_ERRORS_SQL, "JSONCompact").bytes()
         count, message = orjson.loads(raw)["data"][0]
         return int(count), str(message)
 

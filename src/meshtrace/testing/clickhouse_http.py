@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from meshtrace.store.engine import WRITE_ERRORS_SQL
+
 # URL parameters that are not settings (ClickHouse's HTTP handler reads these itself).
 _NOT_SETTINGS = {
     "query", "database", "default_format", "user", "password", "quota_key", "query_id", "session_id",
@@ -55,9 +57,6 @@ _HTTP_ONLY = {"enable_http_compression", "send_progress_in_http_headers", "http_
 _INSERT = re.compile(rb"^\s*INSERT\s+INTO\s+(?P<target>[^\n]+?)\s+FORMAT\s+(?P<fmt>\w+)[ \t]*\r?\n?", re.IGNORECASE)
 _FORMAT = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
 _CODE = re.compile(r"Code:\s*(\d+)")
-_WRITE_ERRORS_SQL = """SELECT sum(value) FROM system.errors WHERE NOT remote AND name IN
-    ('NOT_ENOUGH_SPACE', 'CANNOT_WRITE_TO_FILE_DESCRIPTOR', 'CANNOT_FSYNC', 'CANNOT_WRITE_TO_OSTREAM',
-     'CANNOT_ALLOCATE_MEMORY', 'MEMORY_LIMIT_EXCEEDED', 'TOO_MANY_PARTS', 'CANNOT_OPEN_FILE')"""
 # ClickHouse's HTTP status for some error codes; everything else is a 500.
 _STATUS = {
     60: HTTPStatus.NOT_FOUND,  # UNKNOWN_TABLE
@@ -144,14 +143,14 @@ class Engine:
         return result.bytes() if result is not None else b""
 
     def _insert(self, conn: Any, target: str, fmt: str, data: bytes) -> None:
-        before = self._call(conn, _WRITE_ERRORS_SQL, {})
+        before = self._call(conn, WRITE_ERRORS_SQL, {})
         try:
             with conn.send_insert(f"INSERT INTO {target}", fmt) as inserter:
                 inserter.append(data)
                 inserter.finish()
         except Exception as exc:
             raise QueryError(str(exc)) from None
-        if self._call(conn, _WRITE_ERRORS_SQL, {}) != before:
+        if self._call(conn, WRITE_ERRORS_SQL, {}) != before:
             raise QueryError("Code: 243. DB::Exception: the insert failed to write its part. (NOT_ENOUGH_SPACE)")
 
     def close(self) -> None:
