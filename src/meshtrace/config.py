@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from meshtrace.errors import ConfigError, InvalidQuery
 from meshtrace.ingest.auth import DEFAULT_TENANT, TENANT_RE
@@ -75,24 +75,16 @@ class ServeConfig(BaseModel):
         parse_address(value)
         return value
 
-    @field_validator("retention", "flush_interval", "graph_wait", "query_timeout")
+    @field_validator("retention", "flush_interval", "graph_wait", "query_timeout", "store_wait")
     @classmethod
-    def _duration(cls, value: str) -> str:
+    def _duration(cls, value: str, info: ValidationInfo) -> str:
+        zero_allowed = info.field_name == "store_wait"  # 0s: give up at once
         try:
-            if parse_duration_ns(value) <= 0:
-                raise ValueError("must be positive")
+            ns = parse_duration_ns(value)
         except InvalidQuery as exc:
             raise ValueError(str(exc)) from None
-        return value
-
-    @field_validator("store_wait")
-    @classmethod
-    def _wait(cls, value: str) -> str:
-        try:
-            if parse_duration_ns(value) < 0:
-                raise ValueError("must not be negative")
-        except InvalidQuery as exc:
-            raise ValueError(str(exc)) from None
+        if ns < 0 or (ns == 0 and not zero_allowed):
+            raise ValueError("must not be negative" if zero_allowed else "must be positive")
         return value
 
     @field_validator("max_body", "max_pending", "store_cache")
