@@ -97,3 +97,44 @@ def test_watermark_waits_for_the_oldest_outstanding_record(tmp_path):
     wal.mark_committed(1, 2)
     assert wal.committed == 4
     wal.close()
+
+
+def test_ranges_committed_above_the_watermark_are_not_replayed(tmp_path):
+    """Two inserters: 3..4 commits while 1..2 is still being inserted. A crash then must replay 1..2 with
+    its boundaries and 5..6, never 3..4 again (it would go in under another token: duplicates)."""
+    wal, _ = reopen(tmp_path, fsync=False)
+    for _ in range(6):
+        wal.append("t", 1, b"r")
+    wal.begin(1, 2)
+    wal.begin(3, 4)
+    wal.mark_inflight(1, 2)
+    wal.mark_inflight(3, 4)
+    wal.mark_committed(3, 4)
+    assert wal.committed == 0
+    wal.close()
+    wal, recovery = reopen(tmp_path, fsync=False)
+    assert [[r.seq for r in batch] for batch in recovery.inflight] == [[1, 2]]
+    assert [r.seq for r in recovery.pending] == [5, 6]
+    wal.mark_committed(1, 2)
+    assert wal.committed == 4  # the watermark joins the range committed before the crash
+    wal.mark_committed(5, 6)
+    assert wal.committed == 6
+    wal.close()
+    _, recovery = reopen(tmp_path, fsync=False)
+    assert recovery.inflight == recovery.pending == []
+
+
+def test_recovered_records_hold_the_watermark_whatever_order_they_go_in(tmp_path):
+    wal, _ = reopen(tmp_path, fsync=False)
+    for _ in range(4):
+        wal.append("t", 1, b"r")
+    wal.begin(1, 4)
+    wal.mark_inflight(3, 4)  # 1..2 were refused (split off), 3..4 were being inserted: the crash
+    wal.close()
+    wal, recovery = reopen(tmp_path, fsync=False)
+    assert [r.seq for r in recovery.pending] == [1, 2]
+    wal.mark_committed(3, 4)  # replayed first
+    assert wal.committed == 0  # 1..2 are not in yet: a crash now must still replay them
+    wal.mark_committed(1, 2)
+    assert wal.committed == 4
+    wal.close()

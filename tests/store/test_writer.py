@@ -78,6 +78,36 @@ def test_replay_after_crash_applies_each_batch_exactly_once(chdb_engine, tmp_pat
     asyncio.run(restart())
 
 
+def test_replay_skips_a_batch_committed_out_of_order(chdb_engine, tmp_path):
+    """Two inserters: 3..4 commits while the insert of 1..2 has no answer yet (it did commit), then the
+    process dies. The replay repeats 1..2 with its token and inserts only 5 besides: 3..4 went in once."""
+    store = new_store(chdb_engine, tmp_path)
+    wal = store.writer.wal
+    assert wal is not None
+    wal.open()
+    records = [
+        Record(wal.append("acme", b.span_count, b.payload), "acme", b.span_count, b.payload)
+        for b in (batch(i) for i in range(5))
+    ]
+    for first, last in ((1, 2), (3, 4)):
+        wal.begin(first, last)
+        wal.mark_inflight(first, last)
+        rows = encode_rows(records[first - 1 : last])
+        chdb_engine.insert(store.schema.otlp_in, rows, "Protobuf", store.writer.settings_for(first, last))
+    wal.mark_committed(3, 4)
+    wal.close()  # ...and here the process dies, before the answer about 1..2
+    restarted = Store.create(chdb_engine, store.schema, StoreOptions(data_dir=str(tmp_path)), owns_engine=False)
+
+    async def restart():
+        recovery = await restarted.start()
+        assert [[r.seq for r in b] for b in recovery.inflight] == [[1, 2]]
+        assert [r.seq for r in recovery.pending] == [5]
+        assert restarted.reader.count("acme") == (45, 5, 45)
+        await restarted.close()
+
+    asyncio.run(restart())
+
+
 def test_memory_is_bounded_when_the_store_falls_behind(chdb_engine, tmp_path):
     one = batch(1)
     store = new_store(

@@ -5,12 +5,13 @@ into one insert, and an insert costs ~30 ms whatever its size. Acknowledging on 
 10k-span batches behind it is what makes both durability and throughput possible.
 
 Layout: ``<dir>/<first-seq>.wal`` segments of records, and ``checkpoint.json`` holding the log's epoch,
-the highest sequence number committed to the tables, and the ranges being inserted right now. A record
-is ``magic | length | crc32 | seq | item count | label | payload`` (the label is what the record belongs
-to: a tenant in the store, a signal in a collector's persistent queue); a torn record at the end of the last
-segment (a crash in mid-append) is cut off on open. Replay re-inserts in-flight ranges with their
-original boundaries, so ClickHouse's insert deduplication (keyed by epoch and range) applies each batch
-exactly once.
+the watermark (every record up to it is committed), the ranges committed above it (several inserters
+finish out of order) and the ranges being inserted right now. A record is ``magic | length | crc32 | seq |
+item count | label | payload`` (the label is what the record belongs to: a tenant in the store, a signal
+in a collector's persistent queue); a torn record at the end of the last segment (a crash in mid-append)
+is cut off on open. Replay skips the committed ranges and re-inserts in-flight ranges with their original
+boundaries, so ClickHouse's insert deduplication (keyed by epoch and range) applies each batch exactly
+once.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class WriteAheadLog:
         self.committed = 0
         self._inflight: dict[int, int] = {}  # first -> last of inserts running now
         self._outstanding: set[int] = set()  # taken for insertion, not yet committed
+        self._done: list[tuple[int, int]] = []  # committed ranges above the watermark, ascending
         self._highest_done = 0
         self._lock = threading.Lock()
         self._next_seq = 1
@@ -99,6 +101,8 @@ class WriteAheadLog:
         self.epoch = checkpoint.get("epoch") or uuid.uuid4().hex[:12]
         self.committed = int(checkpoint.get("committed", 0))
         inflight_ranges = [(int(a), int(b)) for a, b in checkpoint.get("inflight", [])]
+        self._done = [(int(a), int(b)) for a, b in checkpoint.get("done", []) if int(b) > self.committed]
+        self._highest_done = max([self.committed, *(b for _, b in self._done)])
         self._segments = sorted(
             int(name[: -len(_SUFFIX)]) for name in os.listdir(self.directory) if name.endswith(_SUFFIX)
         )
@@ -109,7 +113,7 @@ class WriteAheadLog:
             is_last = index == len(self._segments) - 1
             for record in self._scan(first, truncate_torn=is_last):
                 last_seq = max(last_seq, record.seq)
-                if record.seq <= self.committed:
+                if record.seq <= self.committed or any(a <= record.seq <= b for a, b in self._done):
                     continue
                 home = next((r for r in inflight_ranges if r[0] <= record.seq <= r[1]), None)
                 if home is not None:
@@ -117,6 +121,8 @@ class WriteAheadLog:
                 else:
                     recovery.pending.append(record)
         recovery.inflight = [batch for batch in by_range.values() if batch]
+        # Not committed, whatever order they are inserted in now: the watermark must wait for each.
+        self._outstanding.update(r.seq for batch in (*recovery.inflight, recovery.pending) for r in batch)
         self._next_seq = last_seq + 1
         self._appended = self._synced = last_seq
         self._open_segment(self._next_seq)
@@ -158,6 +164,7 @@ class WriteAheadLog:
         state = {
             "epoch": self.epoch,
             "committed": self.committed,
+            "done": [[a, b] for a, b in self._done],
             "inflight": sorted([a, b] for a, b in self._inflight.items()),
         }
         path = os.path.join(self.directory, _CHECKPOINT)
@@ -258,7 +265,10 @@ class WriteAheadLog:
     # -- checkpointing ----------------------------------------------------------------------------
 
     def begin(self, first: int, last: int) -> None:
-        """Records ``first..last`` were taken for insertion; the watermark cannot pass them until committed."""
+        """Records ``first..last`` were taken for insertion; the watermark cannot pass them until committed.
+
+        Call it before any later record can be taken (under the lock that hands records out), or a later
+        batch committing first would move the watermark over these."""
         with self._lock:
             self._outstanding.update(range(first, last + 1))
 
@@ -269,7 +279,8 @@ class WriteAheadLog:
             self._write_checkpoint()
 
     def mark_failed(self, first: int, last: int) -> None:
-        """The insert of ``first..last`` failed; its records stay outstanding for the next attempt."""
+        """No attempt at ``first..last`` committed anything (each was refused): a replay need not keep
+        these boundaries. Its records stay outstanding for the next attempt."""
         with self._lock:
             if self._inflight.get(first) == last:
                 del self._inflight[first]
@@ -283,6 +294,7 @@ class WriteAheadLog:
             self._highest_done = max(self._highest_done, last)
             watermark = min(self._outstanding) - 1 if self._outstanding else self._highest_done
             self.committed = max(self.committed, watermark)
+            self._done = _merge([*self._done, (first, last)], above=self.committed)
             self._write_checkpoint()
             while len(self._segments) > 1 and self._segments[1] - 1 <= self.committed:
                 first_seq = self._segments.pop(0)
@@ -367,6 +379,19 @@ def _decode(data: bytes, offset: int) -> tuple[Record | None, int]:
     label_end = _BODY.size + label_len
     label = bytes(body[_BODY.size : label_end]).decode()
     return Record(seq, label, count, bytes(body[label_end:])), end
+
+
+def _merge(ranges: list[tuple[int, int]], *, above: int) -> list[tuple[int, int]]:
+    """Sorted, adjacent ranges joined, those at or below the watermark ``above`` dropped."""
+    merged: list[tuple[int, int]] = []
+    for first, last in sorted(ranges):
+        if last <= above:
+            continue
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return merged
 
 
 def _fsync_dir(path: str) -> None:

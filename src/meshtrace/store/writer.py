@@ -291,6 +291,8 @@ class Writer:
                 batch.append(record)
                 spans += record.count
             self._pending_spans -= spans
+            if self.wal is not None:  # before another inserter can take (and commit) later records
+                self.wal.begin(batch[0].seq, batch[-1].seq)
             return batch
 
     def _insert_loop(self) -> None:
@@ -304,8 +306,6 @@ class Writer:
         got no answer or ran out of a resource may have committed in part, so ``_attempt`` repeats it as it
         was, same token, until it goes in.
         """
-        if self.wal is not None:
-            self.wal.begin(batch[0].seq, batch[-1].seq)
         delay = 0.1
         while True:
             for _ in range(3):
@@ -345,6 +345,8 @@ class Writer:
             except StoreError as exc:
                 self._note_failure(batch, exc)
                 if not unknown:
+                    if self.wal is not None:  # nothing of it committed: it may be split
+                        self.wal.mark_failed(batch[0].seq, batch[-1].seq)
                     return exc
                 # Refused after an attempt that may have committed (in part): never split this batch,
                 # or that attempt's rows would be inserted again under other tokens.
@@ -409,10 +411,8 @@ class Writer:
         try:
             self.engine.insert(self.schema.otlp_in, encode_rows(batch), "Protobuf", settings)
         except Exception as exc:
-            if self.wal is not None and not isinstance(exc, StoreUnavailable):
-                # Without an answer the range stays in flight: a replay after a crash repeats this very
-                # insert, with its token, as the next attempt would.
-                self.wal.mark_failed(first, last)
+            # The range stays in flight until it commits or ``_attempt`` knows no attempt committed: a
+            # replay after a crash repeats this very insert, with its token, as the next attempt would.
             if isinstance(exc, StoreError):
                 raise
             # A bug must not kill the inserter thread (every writer would wait forever): log it with its

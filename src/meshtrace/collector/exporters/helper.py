@@ -206,7 +206,6 @@ class Exporter(Component):
             self._durable.loop = asyncio.get_running_loop()
             recovery = await asyncio.to_thread(self._wal.open, self._durable.on_synced)
             for record in [r for batch in recovery.inflight for r in batch] + recovery.pending:
-                self._wal.begin(record.seq, record.seq)
                 self._queue.append(
                     Queued(Batch(Signal(record.label), raw=record.payload, items=record.count), record.seq)
                 )
