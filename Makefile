@@ -9,7 +9,11 @@ APT    := $(SUDO) apt-get install -y --no-install-recommends
 # The console's browser tests drive Debian's chromium (Playwright's own browsers are not downloaded).
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test lint bench screenshots fuzz clean
+# The proxy's data path compiled with mypyc (C compiler needed); rebuilt when a source of the proxy changes.
+PROXY  := src/meshtrace/mesh/proxy
+NATIVE := $(PROXY)/_native/STAMP
+
+.PHONY: run test lint native bench screenshots fuzz clean
 
 $(STAMP): pyproject.toml
 	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -17,7 +21,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+$(NATIVE): $(STAMP) $(wildcard $(PROXY)/*.py)
+	$(BIN)/python -m meshtrace.mesh.proxy.nativebuild
+
+native: $(NATIVE)
+
+# Without a C compiler the mesh still runs, its proxies interpreted (slower).
 run: $(STAMP)
+	@$(MAKE) --no-print-directory native || echo "meshtrace: running the proxies interpreted"
 	$(BIN)/meshtrace up
 
 lint: $(STAMP)
@@ -28,7 +39,7 @@ lint: $(STAMP)
 $(CHROMIUM):
 	$(APT) chromium || ($(SUDO) apt-get update -qq && $(APT) chromium)
 
-test: lint $(CHROMIUM)
+test: lint $(CHROMIUM) $(NATIVE)
 	$(BIN)/python -m pytest
 
 # Screenshots of every console page for the README (docs/screenshots/), taken by the test tooling.
@@ -42,7 +53,7 @@ fuzz: $(STAMP)
 	$(BIN)/pip install -q atheris==3.0.0
 	$(BIN)/python -W error::FutureWarning scripts/fuzz_atheris.py --runs 1000000
 
-bench: $(STAMP) $(CHROMIUM)
+bench: $(STAMP) $(CHROMIUM) $(NATIVE)
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/query.py
 	$(BIN)/python benchmarks/collector.py
@@ -51,4 +62,4 @@ bench: $(STAMP) $(CHROMIUM)
 	$(BIN)/python benchmarks/sidecar.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache meshtrace-data
+	rm -rf $(VENV) .pytest_cache .ruff_cache meshtrace-data $(PROXY)/_native

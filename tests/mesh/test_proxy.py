@@ -5,6 +5,7 @@ Pod addresses are taken from a loopback block of this test module's own.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import random
@@ -21,6 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
+import meshtrace.mesh.proxy
+from meshtrace.mesh.proxy import http1, listeners, spanwire, tracer
+from meshtrace.mesh.proxy.native import COMPILED
 from tests.e2e.conftest import TOKENS, ServerProcess, jaeger_trace, token_args, wait_until
 
 BLOCK = 30 + 2 * random.randrange(0, 40)
@@ -444,3 +448,12 @@ def test_a_killed_export_process_is_replaced(tmp_path, backend, apps):
     stderr = (tmp_path / "proxy.log").read_bytes()
     assert b"the export process of otel exited" in stderr
     assert b"starting a new export process for otel" in stderr
+
+
+def test_the_suite_runs_the_compiled_data_path(proxy) -> None:
+    """`make test` builds it first; a failed or skipped build fails here instead of testing the other one."""
+    assert meshtrace.mesh.proxy.NATIVE.compiled, meshtrace.mesh.proxy.NATIVE.detail
+    functions = (http1.Pool.acquire, listeners.InboundListener.handle, spanwire.span_name, tracer.encode_record)
+    assert not any(inspect.isfunction(f) for f in functions)  # mypyc's, not the interpreter's
+    assert sorted(m.__name__.rsplit(".", 1)[1] for m in (http1, listeners, spanwire, tracer)) == sorted(COMPILED)
+    assert httpx.get(f"http://{POD}:15000/stats").json()["compiled"] is True  # the proxy process, too

@@ -62,8 +62,9 @@ class Holder:
 def _split_target(target: bytes, host_header: bytes | None) -> tuple[str, int, bytes]:
     """(host, port, origin-form path) from an absolute-form or origin-form request target."""
     if target[:1] != b"/" and target.startswith((b"http://", b"HTTP://")):
-        url = httptools.parse_url(target)
-        path = url.path or b"/"
+        # Typed Any: httptools declares these bytes and int, but a part the URL lacks is None.
+        url: Any = httptools.parse_url(target)
+        path: bytes = url.path or b"/"
         if url.query:
             path += b"?" + url.query
         return url.host.decode(), url.port or 80, path

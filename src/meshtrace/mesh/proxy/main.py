@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from meshtrace.mesh.proxy import NATIVE
 from meshtrace.mesh.proxy.config import Provider, ProxyConfig
 from meshtrace.mesh.proxy.export import Exporter
 from meshtrace.mesh.proxy.http1 import Downstream, Handler, Pool
@@ -164,6 +165,7 @@ class Proxy:
             "node": state.config.node.id,
             "counters": state.stats,
             "upstream_cx_total": self.pool.opened + self.app_pool.opened,
+            "compiled": NATIVE.compiled,
             "tracing": {
                 "client": state.client.enabled,
                 "server": state.server.enabled,
@@ -178,7 +180,13 @@ class Proxy:
             loop.add_signal_handler(sig, self.stopping.set)
         watcher = asyncio.create_task(self.watch())
         config = self.holder.state.config
-        log.info("%s %s ready (configuration version %d)", config.node.kind, config.node.id, config.version)
+        log.info(
+            "%s %s ready (configuration version %d; data path %s)",
+            config.node.kind,
+            config.node.id,
+            config.version,
+            NATIVE.detail,
+        )
         await self.stopping.wait()
         log.info("draining")
         for server in self.servers.values():

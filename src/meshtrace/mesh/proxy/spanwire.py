@@ -62,7 +62,7 @@ def string_attribute(key_prefix: bytes, value: str) -> bytes:
 
 def string_attributes(pairs: Iterable[tuple[str, str]]) -> bytes:
     """Attributes encoded once (the ones fixed for a listener and cluster)."""
-    return b"".join(string_attribute(attribute_key(k), v) for k, v in pairs)
+    return b"".join([string_attribute(attribute_key(k), v) for k, v in pairs])
 
 
 def span_name(name: str) -> bytes:
