@@ -268,6 +268,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="Length of each wrk run.")
     parser.add_argument("--rounds", type=int, default=3, help="Rounds of every configuration, order rotated.")
     parser.add_argument("--no-tracing", action="store_true", help="meshtrace's proxies without a tracing provider.")
+    parser.add_argument(
+        "--configs",
+        default="",
+        help="Comma-separated configurations to run (e.g. 'meshtrace,nginx'; 'direct' always runs): all by default.",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install wrk (and nginx-light to compare with nginx)")
@@ -283,7 +288,13 @@ def main() -> None:
         setup = Setup(Path(tmp), sink_port, tracing=not args.no_tracing)
         try:
             targets = setup.start()
-            names = list(targets)
+            stats = httpx.get(f"http://{setup.server_pod}:15000/stats", trust_env=False).json()
+            args.data_path = "compiled" if stats.get("compiled") else "interpreted"
+            chosen = {name.strip() for name in args.configs.split(",") if name.strip()}
+            unknown = chosen - set(targets)
+            if unknown:
+                raise SystemExit(f"unknown --configs {sorted(unknown)}: choose from {sorted(targets)}")
+            names = [name for name in targets if not chosen or name in chosen or name == "direct"]
             pids = dict(setup.proxy_pids)
             ours = [p.pid for p in setup.procs] + [sink.pid]
             ours += [child for pid in ours for child in children(pid)]
@@ -349,11 +360,14 @@ def report(
         "seconds": args.seconds,
         "rounds": args.rounds,
         "tracing": not args.no_tracing,
+        "data_path": getattr(args, "data_path", "unknown"),
         "configs": medians,
     }
     reference = "nginx" if "nginx" in medians else None
     if reference:
         for ours, theirs in (("meshtrace", "nginx"), ("meshtrace chain", "nginx chain")):
+            if ours not in medians or theirs not in medians:
+                continue
             out[f"{ours} ÷ {theirs}"] = {
                 "rps": round(medians[ours]["rps"] / medians[theirs]["rps"], 2),
                 "added_p50_per_hop": round(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from meshtrace.mesh.proxy.native import DIRECTORY, STAMP, activate, source_stamp
+from meshtrace.mesh.proxy.native import DIRECTORY, INTERPRETED, STAMP, activate, source_stamp
 
 
 def _package(tmp_path: Path) -> Path:
@@ -49,3 +49,12 @@ def test_no_build_runs_interpreted(tmp_path: Path) -> None:
     assert (status.compiled, path) == (False, [str(package)])
     assert "not compiled" in status.detail
     assert sys.implementation.cache_tag  # the stamp's ABI part is defined on this interpreter
+
+
+def test_the_environment_can_ask_for_the_interpreted_data_path(tmp_path: Path, monkeypatch) -> None:
+    package = _package(tmp_path)
+    monkeypatch.setenv(INTERPRETED, "1")
+    path = [str(package)]
+    status = activate(path)
+    assert (status.compiled, path) == (False, [str(package)])
+    assert INTERPRETED in status.detail

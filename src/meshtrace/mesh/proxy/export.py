@@ -5,7 +5,7 @@ served 15–18 % fewer requests, ``BENCHMARKS.md``, sidecar).
 
 The proxy's event loop only appends span records (``tracer.encode_record``, or Zipkin dicts) to a list; at each
 flush the list goes, marshalled, down a pipe to an export process of its own
-(``python -m meshtrace.mesh.proxy.export``), which encodes the OTLP or Zipkin request and sends it. A thread
+(``main`` below, in a child Python), which encodes the OTLP or Zipkin request and sends it. A thread
 would share the interpreter lock with the request path, and encoding and sending cost more than proxying
 the request itself (``BENCHMARKS.md``, sidecar). Failed exports are dropped and counted, as Envoy does;
 what waits for the export process is bounded. The export process runs at a lower priority (nice 10), so
@@ -47,6 +47,8 @@ MAX_BATCH = 1000  # ~0.7 MB of OTLP: well under the 4 MiB a Collector accepts by
 FAILURE_PAUSE = 1.0
 _FRAME = struct.Struct("<I")
 _EXPORT_PATH = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+# Not ``-m``: this module may be compiled (``native``), and ``-m`` runs only interpreted modules.
+_CHILD = "from meshtrace.mesh.proxy.export import main; raise SystemExit(main())"
 
 
 class Exporter:
@@ -76,7 +78,7 @@ class Exporter:
     def _start_child(self) -> None:
         self._started = time.monotonic()
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "meshtrace.mesh.proxy.export"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+            [sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
         assert self._proc.stdin is not None
         assert self._proc.stdout is not None
@@ -127,6 +129,11 @@ class Exporter:
                 return
             handle.cancel()
         self._flush_handle = self._loop.call_at(when, self.flush)
+
+    def _cancel_flush(self) -> None:
+        handle, self._flush_handle = self._flush_handle, None
+        if handle is not None:
+            handle.cancel()
 
     def flush(self) -> None:
         self._flush_handle = None
@@ -218,14 +225,11 @@ class Exporter:
         """Hand over what is buffered and let the export process send it and exit (bounded by ``within``
         seconds; the event loop keeps serving meanwhile)."""
         deadline = time.monotonic() + within
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
+        self._cancel_flush()
         if not self._closed:
             self.flush()
             self._closed = True
-            if self._flush_handle is not None:
-                self._flush_handle.cancel()
+            self._cancel_flush()  # (a method: the compiled code would trust the narrowing above past flush())
         if self._backlog and self._writing:
             self._drained.clear()
             with contextlib.suppress(TimeoutError):
@@ -359,7 +363,3 @@ def main() -> int:
         return serve(sys.stdin.buffer, sys.stdout.buffer)
     except BrokenPipeError:
         return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

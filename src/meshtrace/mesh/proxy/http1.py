@@ -13,7 +13,6 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import httptools
@@ -580,8 +579,3 @@ class Upstream(asyncio.Protocol):
             self.closed = True
             self.transport.close()
         exchange.down.finish(exchange)
-
-
-def serve(loop: asyncio.AbstractEventLoop, factory: Callable[[], asyncio.Protocol], host: str, port: int) -> Any:
-    """A coroutine creating the listening server (``reuse_address``, backlog 1024)."""
-    return loop.create_server(factory, host, port, reuse_address=True, backlog=1024)

@@ -1,8 +1,8 @@
 """The proxy's data path compiled to C by mypyc, and the rule that decides whether it is used.
 
 Why: the interpreted data path spends most of its time per request in the interpreter; compiled, the same
-typed code serves ~40 % more requests per core and adds ~10 µs less per hop (``BENCHMARKS.md``,
-sidecar). ``make`` builds it (``python -m meshtrace.mesh.proxy.nativebuild``) into ``_native/`` beside the
+typed code executes ~40 % fewer instructions per request (``benchmarks/sidecar_instructions.py``,
+``BENCHMARKS.md``, sidecar). ``make`` builds it (``python -m meshtrace.mesh.proxy.nativebuild``) into ``_native/`` beside the
 sources, with a stamp of every source of the package and the interpreter it was built for. The package's
 ``__init__`` puts ``_native/`` first on its import path only when the stamp matches, so an edited source
 is never shadowed by a stale build, and a machine without a C compiler runs the same code interpreted.
@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import importlib.machinery
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGE = "meshtrace.mesh.proxy"
-COMPILED = ("http1", "listeners", "spanwire", "tracer")  # the modules on every request's path
+# The modules on every request's path (``export``: its buffer, and the export process's encoding).
+COMPILED = ("export", "http1", "listeners", "spanwire", "tracer")
 DIRECTORY = "_native"
 STAMP = "STAMP"
+INTERPRETED = "MESHTRACE_PROXY_INTERPRETED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +41,10 @@ def source_stamp(package_dir: Path) -> str:
 
 
 def activate(path: list[str]) -> Status:
-    """Put the build first on the package's ``__path__`` if it was built from these very sources."""
+    """Put the build first on the package's ``__path__`` if it was built from these very sources (and
+    ``MESHTRACE_PROXY_INTERPRETED`` is not set: full Python tracebacks, or a comparison)."""
+    if os.environ.get(INTERPRETED):
+        return Status(False, f"interpreted ({INTERPRETED} is set)")
     package_dir = Path(path[0])
     directory = package_dir / DIRECTORY
     try:

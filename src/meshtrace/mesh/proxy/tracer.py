@@ -13,7 +13,6 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from meshtrace.mesh.proxy import spanwire
@@ -146,23 +145,55 @@ class Span:
         self.start_ns = _time_ns()
 
 
-@dataclass(slots=True)
 class Finished:
-    """What a request left for its span's tags."""
+    """What a request left for its span's tags. A plain class, not a dataclass: a dataclass's ``__init__``
+    is generated at run time, so it would run interpreted in the compiled data path (``native``)."""
 
-    request_id: str
-    url: str
-    method: str
-    user_agent: str
-    peer_address: str
-    request_size: int
-    response_size: int
-    status: int
-    flags: str
-    cluster: Cluster | None
-    upstream_address: str
-    client_trace_id: str = ""
-    headers: dict[bytes, bytes] | None = None
+    __slots__ = (
+        "client_trace_id",
+        "cluster",
+        "flags",
+        "headers",
+        "method",
+        "peer_address",
+        "request_id",
+        "request_size",
+        "response_size",
+        "status",
+        "upstream_address",
+        "url",
+        "user_agent",
+    )
+
+    def __init__(
+        self,
+        request_id: str,
+        url: str,
+        method: str,
+        user_agent: str,
+        peer_address: str,
+        request_size: int,
+        response_size: int,
+        status: int,
+        flags: str,
+        cluster: Cluster | None,
+        upstream_address: str,
+        client_trace_id: str = "",
+        headers: dict[bytes, bytes] | None = None,
+    ) -> None:
+        self.request_id = request_id
+        self.url = url
+        self.method = method
+        self.user_agent = user_agent
+        self.peer_address = peer_address
+        self.request_size = request_size
+        self.response_size = response_size
+        self.status = status
+        self.flags = flags
+        self.cluster = cluster
+        self.upstream_address = upstream_address
+        self.client_trace_id = client_trace_id
+        self.headers = headers
 
 
 _KEYS = {

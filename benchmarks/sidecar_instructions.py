@@ -1,0 +1,118 @@
+"""Instructions the sidecar's proxy process executes per request, counted by valgrind (callgrind).
+
+Requests per second move with whatever else the machine runs (the same build measured ±20 % from one
+run to the next here); instructions do not, so this is the figure for comparing builds and changes of
+the data path. The proxy is the inbound sidecar of ``sidecar.py`` (SERVER span, 100 % sampling, spans
+handed to its export process, which is not counted), run under callgrind twice: with ``--warmup``
+requests and with ``--warmup`` + ``--requests``; the difference divided by ``--requests`` leaves out
+start-up and shutdown. Each data path in turn: compiled (``make native``) and interpreted
+(``MESHTRACE_PROXY_INTERPRETED=1``). Prints one JSON object.
+
+    .venv/bin/python benchmarks/sidecar_instructions.py [--requests 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from common import free_port, machine, run_sink
+from sidecar import Setup
+
+COUNTED = "proxy-server"
+
+
+class CountedSetup(Setup):
+    """``sidecar.py``'s processes, with the inbound proxy under callgrind (one process: no children)."""
+
+    def __init__(self, workdir: Path, sink_port: int, out: Path) -> None:
+        super().__init__(workdir, sink_port)
+        self.out = out
+
+    def _spawn(self, argv: list[str], name: str) -> subprocess.Popen[bytes]:
+        if name == COUNTED:
+            argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={self.out}", *argv]
+        return super()._spawn(argv, name)
+
+    def _wait(self, url: str, host: str | None) -> None:
+        deadline = time.monotonic() + 300  # start-up under valgrind is ~50× slower
+        while True:
+            try:
+                headers = {"host": host} if host else {}
+                if httpx.get(url, headers=headers, timeout=30, trust_env=False).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{url} did not answer under valgrind within 300 s (logs in {self.dir})")
+            time.sleep(0.5)
+
+
+def count(requests: int, sink_port: int, interpreted: bool) -> int:
+    """Instructions of the whole proxy process that served ``requests`` requests (and ``_wait``'s one)."""
+    with tempfile.TemporaryDirectory(prefix="meshtrace-ibench-") as tmp:
+        out = Path(tmp) / "callgrind.out"
+        if interpreted:
+            os.environ["MESHTRACE_PROXY_INTERPRETED"] = "1"
+        else:
+            os.environ.pop("MESHTRACE_PROXY_INTERPRETED", None)
+        setup = CountedSetup(Path(tmp), sink_port, out)
+        try:
+            url = setup.start()["meshtrace"][0]
+            with httpx.Client(trust_env=False, timeout=30) as client:
+                compiled = client.get(url.replace(":9080/", ":15000/stats")).json()["compiled"]
+                if compiled == interpreted:
+                    raise SystemExit(f"the proxy ran {'compiled' if compiled else 'interpreted'}: run `make native`")
+                for _ in range(requests):
+                    client.get(url).raise_for_status()
+        finally:
+            setup.stop()
+        found = re.search(r"^(?:summary|totals): (\d+)", out.read_text(errors="replace"), re.MULTILINE)
+        if found is None:
+            raise SystemExit(f"no instruction total in {out}")
+        return int(found.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2000, help="Requests counted (after the warm-up).")
+    parser.add_argument("--warmup", type=int, default=200, help="Requests in both runs (imports, first spans).")
+    args = parser.parse_args()
+    if not shutil.which("valgrind"):
+        raise SystemExit("valgrind is not installed: apt-get install valgrind")
+    spans = multiprocessing.Value("q", 0)
+    sink_port = free_port()
+    sink = multiprocessing.Process(target=run_sink, args=(sink_port, spans), daemon=True)
+    sink.start()
+    per_request: dict[str, Any] = {}
+    try:
+        for mode in ("compiled", "interpreted"):
+            interpreted = mode == "interpreted"
+            base = count(args.warmup, sink_port, interpreted)
+            total = count(args.warmup + args.requests, sink_port, interpreted)
+            per_request[mode] = round((total - base) / args.requests)
+    finally:
+        sink.terminate()
+    result = {
+        "benchmark": "sidecar_instructions",
+        "machine": machine(),
+        "requests": args.requests,
+        "instructions_per_request": per_request,
+        "compiled ÷ interpreted": round(per_request["compiled"] / per_request["interpreted"], 2),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
