@@ -2,10 +2,11 @@
 
 Why: the interpreted data path spends most of its time per request in the interpreter; compiled, the same
 typed code executes ~40 % fewer instructions per request (``benchmarks/sidecar_instructions.py``,
-``BENCHMARKS.md``, sidecar). ``make`` builds it (``python -m meshtrace.mesh.proxy.nativebuild``) into ``_native/`` beside the
-sources, with a stamp of every source of the package and the interpreter it was built for. The package's
-``__init__`` puts ``_native/`` first on its import path only when the stamp matches, so an edited source
-is never shadowed by a stale build, and a machine without a C compiler runs the same code interpreted.
+``BENCHMARKS.md``, sidecar). ``make`` builds it (``python -m meshtrace.mesh.proxy.nativebuild``) into
+``_native/`` beside the sources, with a stamp of every source of the package and the interpreter it was
+built for. The package's ``__init__`` puts ``_native/`` first on its import path only when the stamp
+matches, so an edited source is never shadowed by a stale build, and a machine without a C compiler runs
+the same code interpreted.
 """
 
 from __future__ import annotations
