@@ -77,9 +77,7 @@ class Exporter:
 
     def _start_child(self) -> None:
         self._started = time.monotonic()
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
+        self._proc = subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         assert self._proc.stdin is not None
         assert self._proc.stdout is not None
         # The file objects own the descriptors (closing those, not the numbers, avoids a double close).
