@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing
 import socket
 import subprocess
 import tempfile
@@ -24,7 +23,7 @@ from typing import Any
 
 import grpc
 
-from common import free_port, machine, process_stat, run_sink
+from common import free_port, machine, process_stat, start_sink
 from meshtrace.testing.bookinfo import requests_of, traffic
 from meshtrace.testing.server import CollectorProcess
 
@@ -81,10 +80,7 @@ def main() -> None:
 
     bodies = list(requests_of(traffic(seed=2, start_ns=time.time_ns() - 3600 * 10**9, count=12_000), 512))[:200]
     bodies = [b for b in bodies if b]  # requests of whole traces, ~512 spans each
-    spans = multiprocessing.Value("q", 0)
-    sink_port = free_port()
-    sink = multiprocessing.Process(target=run_sink, args=(sink_port, spans), daemon=True)
-    sink.start()
+    sink, sink_port, spans = start_sink()
     results = []
     with tempfile.TemporaryDirectory(prefix="meshtrace-cbench-") as tmp:
         config = Path(tmp) / "passthrough.yaml"

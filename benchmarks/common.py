@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import platform
 import socket
@@ -36,6 +37,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def start_sink() -> tuple[multiprocessing.Process, int, Any]:
+    """A counting sink in a process of its own: (process, gRPC port, shared span counter)."""
+    spans = multiprocessing.Value("q", 0)
+    port = free_port()
+    sink = multiprocessing.Process(target=run_sink, args=(port, spans), daemon=True)
+    sink.start()
+    return sink, port, spans
 
 
 def run_sink(port: int, spans: Any) -> None:

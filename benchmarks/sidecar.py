@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import multiprocessing
 import os
 import random
 import shutil
@@ -38,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from common import free_port, machine, process_stat, run_sink
+from common import free_port, machine, process_stat, start_sink
 
 BODY = "x" * 1024
 WRK_REPORT = """
@@ -104,6 +103,8 @@ uvloop.run(main())
 
 class Setup:
     """The processes of one run; all started here and stopped by their own PIDs."""
+
+    start_seconds = 20.0  # how long each target may take to answer its first request
 
     def __init__(self, workdir: Path, sink_port: int, tracing: bool = True) -> None:
         self.dir = workdir
@@ -193,17 +194,18 @@ class Setup:
         return self._spawn([sys.executable, "-m", "meshtrace.mesh.proxy", str(path)], f"proxy-{name}").pid
 
     def _wait(self, url: str, host: str | None) -> None:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + self.start_seconds
         while True:
             try:
                 headers = {"host": host} if host else {}
-                if httpx.get(url, headers=headers, timeout=2, trust_env=False).status_code == 200:
+                timeout = self.start_seconds / 10
+                if httpx.get(url, headers=headers, timeout=timeout, trust_env=False).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
                 logs = "\n".join(f"{p.name}:\n{p.read_text()}" for p in self.dir.glob("*.log"))
-                raise SystemExit(f"{url} did not answer 200 within 20 s\n{logs}")
+                raise SystemExit(f"{url} did not answer 200 within {self.start_seconds:g} s\n{logs}")
             time.sleep(0.1)
 
     def exported(self) -> tuple[int, int]:
@@ -277,10 +279,7 @@ def main() -> None:
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install wrk (and nginx-light to compare with nginx)")
 
-    spans = multiprocessing.Value("q", 0)
-    sink_port = free_port()
-    sink = multiprocessing.Process(target=run_sink, args=(sink_port, spans), daemon=True)
-    sink.start()
+    sink, sink_port, spans = start_sink()
     runs: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="meshtrace-sbench-") as tmp:
         script = Path(tmp) / "report.lua"

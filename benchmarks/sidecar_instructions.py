@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import re
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from common import free_port, machine, run_sink
+from common import machine, start_sink
 from sidecar import Setup
 
 COUNTED = "proxy-server"
@@ -35,6 +33,8 @@ COUNTED = "proxy-server"
 
 class CountedSetup(Setup):
     """``sidecar.py``'s processes, with the inbound proxy under callgrind (one process: no children)."""
+
+    start_seconds = 300.0  # start-up under valgrind is ~50× slower
 
     def __init__(self, workdir: Path, sink_port: int, out: Path) -> None:
         super().__init__(workdir, sink_port)
@@ -44,19 +44,6 @@ class CountedSetup(Setup):
         if name == COUNTED:
             argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={self.out}", *argv]
         return super()._spawn(argv, name)
-
-    def _wait(self, url: str, host: str | None) -> None:
-        deadline = time.monotonic() + 300  # start-up under valgrind is ~50× slower
-        while True:
-            try:
-                headers = {"host": host} if host else {}
-                if httpx.get(url, headers=headers, timeout=30, trust_env=False).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{url} did not answer under valgrind within 300 s (logs in {self.dir})")
-            time.sleep(0.5)
 
 
 def count(requests: int, sink_port: int, interpreted: bool) -> int:
@@ -91,10 +78,7 @@ def main() -> None:
     args = parser.parse_args()
     if not shutil.which("valgrind"):
         raise SystemExit("valgrind is not installed: apt-get install valgrind")
-    spans = multiprocessing.Value("q", 0)
-    sink_port = free_port()
-    sink = multiprocessing.Process(target=run_sink, args=(sink_port, spans), daemon=True)
-    sink.start()
+    sink, sink_port, _ = start_sink()
     per_request: dict[str, Any] = {}
     try:
         for mode in ("compiled", "interpreted"):

@@ -11,7 +11,7 @@ import pytest
 from meshtrace.errors import Overloaded
 from meshtrace.store import Store, StoreOptions
 from meshtrace.store.api import SpanBatch
-from meshtrace.store.wal import Record
+from meshtrace.store.wal import Record, WriteAheadLog
 from meshtrace.store.writer import encode_rows
 from meshtrace.testing.bookinfo import bookinfo_trace, export_request
 from tests.conftest import new_store
@@ -49,17 +49,23 @@ def test_close_inserts_everything_acknowledged(chdb_engine, tmp_path):
     asyncio.run(go())
 
 
-def test_replay_after_crash_applies_each_batch_exactly_once(chdb_engine, tmp_path):
-    """The process dies after inserting records 1..3 but before checkpointing them. On restart the
-    replay inserts 1..3 again with the same token (ClickHouse drops it) and then 4..5."""
-    store = new_store(chdb_engine, tmp_path)
+def logged(engine, tmp_path, count: int) -> tuple[Store, WriteAheadLog, list[Record]]:
+    """A store whose log holds ``count`` acknowledged batches of 9 spans, none inserted by the writer."""
+    store = new_store(engine, tmp_path)
     wal = store.writer.wal
     assert wal is not None
     wal.open()
     records = [
         Record(wal.append("acme", b.span_count, b.payload), "acme", b.span_count, b.payload)
-        for b in (batch(i) for i in range(5))
+        for b in (batch(i) for i in range(count))
     ]
+    return store, wal, records
+
+
+def test_replay_after_crash_applies_each_batch_exactly_once(chdb_engine, tmp_path):
+    """The process dies after inserting records 1..3 but before checkpointing them. On restart the
+    replay inserts 1..3 again with the same token (ClickHouse drops it) and then 4..5."""
+    store, wal, records = logged(chdb_engine, tmp_path, 5)
     wal.begin(1, 3)
     wal.mark_inflight(1, 3)
     chdb_engine.insert(store.schema.otlp_in, encode_rows(records[:3]), "Protobuf", store.writer.settings_for(1, 3))
@@ -81,14 +87,7 @@ def test_replay_after_crash_applies_each_batch_exactly_once(chdb_engine, tmp_pat
 def test_replay_skips_a_batch_committed_out_of_order(chdb_engine, tmp_path):
     """Two inserters: 3..4 commits while the insert of 1..2 has no answer yet (it did commit), then the
     process dies. The replay repeats 1..2 with its token and inserts only 5 besides: 3..4 went in once."""
-    store = new_store(chdb_engine, tmp_path)
-    wal = store.writer.wal
-    assert wal is not None
-    wal.open()
-    records = [
-        Record(wal.append("acme", b.span_count, b.payload), "acme", b.span_count, b.payload)
-        for b in (batch(i) for i in range(5))
-    ]
+    store, wal, records = logged(chdb_engine, tmp_path, 5)
     for first, last in ((1, 2), (3, 4)):
         wal.begin(first, last)
         wal.mark_inflight(first, last)
