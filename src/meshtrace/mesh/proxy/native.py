@@ -51,8 +51,8 @@ def activate(path: list[str]) -> Status:
     try:
         built = (directory / STAMP).read_text().strip()
     except OSError:
-        return Status(False, "interpreted (not compiled: `make` builds it)")
+        return Status(False, f"interpreted (not compiled: `make native`, or `python -m {PACKAGE}.nativebuild`)")
     if built != source_stamp(package_dir):
-        return Status(False, "interpreted (the compiled build is of other sources: `make` rebuilds it)")
+        return Status(False, "interpreted (the compiled build is of other sources: `make native` rebuilds it)")
     path.insert(0, str(directory))
     return Status(True, "compiled (mypyc)")
