@@ -11,7 +11,10 @@ Configurations (each behind the same upstream app, loaded by ``wrk``):
 
 meshtrace's spans are encoded and exported over OTLP/gRPC to a sink process that decodes and counts them;
 the run checks that every span reached it. The app is nginx returning 1 KiB (a small Python server when
-nginx is not installed; then only ``direct`` is compared). Throughput: ``wrk -t1 -c16`` over both CPUs;
+nginx is not installed; then only ``direct`` is compared). Every role is a process of its own, as containers
+and sidecars are in a pod: the app, the one-hop nginx and each nginx of the chain are separate nginx
+instances of 1 worker, so every hop crosses processes for nginx as for meshtrace, and each proxy's CPU is
+its own (not the app's). Throughput: ``wrk -t1 -c16`` over both CPUs;
 latency per hop: ``wrk -t1 -c1`` with every process pinned to CPU 0 (cross-CPU wake-ups in a VM would
 otherwise dominate), (p50 of the config − p50 of direct) ÷ hops. Rounds rotate the order; medians are
 reported. Prints one JSON object.
@@ -118,6 +121,7 @@ class Setup:
         self.server_pod, self.client_pod = f"127.{block}.0.2", f"127.{block}.0.3"
         self.app_port = free_port()
         self.proxy_pids: dict[str, list[int]] = {}
+        self.nginx_pids: dict[str, list[int]] = {}
 
     def start(self) -> dict[str, tuple[str, int, str | None]]:
         """Starts everything; returns config name → (URL, hops, Host header)."""
@@ -125,15 +129,14 @@ class Setup:
         targets: dict[str, tuple[str, int, str | None]] = {"direct": (f"http://{app}/", 0, None)}
         if self.nginx:
             one, chain_in, chain_out = free_port(), free_port(), free_port()
-            servers = NGINX_APP.format(port=self.app_port, body=BODY)
-            servers += NGINX_PROXY.format(port=one, upstream=app)
-            servers += NGINX_PROXY.format(port=chain_in, upstream=app)
-            servers += NGINX_PROXY.format(port=chain_out, upstream=f"127.0.0.1:{chain_in}")
-            (self.dir / "tmp").mkdir()
-            conf = self.dir / "nginx.conf"
-            conf.write_text(NGINX_MAIN.format(dir=self.dir, servers=servers))
-            proc = self._spawn([self.nginx, "-p", str(self.dir), "-c", str(conf), "-g", "daemon off;"], "nginx")
-            self.nginx_pid = proc.pid
+            self._nginx("app", NGINX_APP.format(port=self.app_port, body=BODY))
+            self.nginx_pids = {
+                "nginx": [self._nginx("one", NGINX_PROXY.format(port=one, upstream=app))],
+                "nginx chain": [
+                    self._nginx("chain-out", NGINX_PROXY.format(port=chain_out, upstream=f"127.0.0.1:{chain_in}")),
+                    self._nginx("chain-in", NGINX_PROXY.format(port=chain_in, upstream=app)),
+                ],
+            }
             targets["nginx"] = (f"http://127.0.0.1:{one}/", 1, None)
             targets["nginx chain"] = (f"http://127.0.0.1:{chain_out}/", 2, None)
         else:
@@ -147,6 +150,16 @@ class Setup:
         for url, _, host in targets.values():
             self._wait(url, host)
         return targets
+
+    def _nginx(self, name: str, servers: str) -> int:
+        """An nginx of its own (1 worker) for one role, as every container and sidecar is a process of its
+        own in a pod: the app, the one-hop proxy, each proxy of the chain. Returns its master's PID."""
+        workdir = self.dir / f"nginx-{name}"
+        (workdir / "tmp").mkdir(parents=True)
+        conf = workdir / "nginx.conf"
+        conf.write_text(NGINX_MAIN.format(dir=workdir, servers=servers))
+        argv = [str(self.nginx), "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"]
+        return self._spawn(argv, f"nginx-{name}").pid
 
     def _spawn(self, argv: list[str], name: str) -> subprocess.Popen[bytes]:
         with open(self.dir / f"{name}.log", "ab") as log:
@@ -298,9 +311,8 @@ def main() -> None:
             ours = [p.pid for p in setup.procs] + [sink.pid]
             ours += [child for pid in ours for child in children(pid)]
             every_cpu = os.sched_getaffinity(0)
-            if setup.nginx:
-                workers = children(setup.nginx_pid)
-                pids["nginx"] = pids["nginx chain"] = workers
+            for name, masters in setup.nginx_pids.items():
+                pids[name] = [worker for master in masters for worker in children(master)]
             for url, _, host in targets.values():  # warm-up
                 wrk(url, host, 16, 2, script)
             served = 0
