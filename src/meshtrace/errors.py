@@ -16,7 +16,8 @@ protobuf) are translated where they are called, so callers only ever see this tr
     │   ├── PermanentError     retrying will not help (bad data, 400/401, INVALID_ARGUMENT): dropped, counted
     │   └── RetryableError     try again later (queue full, memory limit, 503/UNAVAILABLE)
     ├── StoreError             the ClickHouse engine failed or is unreachable
-    │   └── StoreUnavailable   no answer, or out of disk/memory/parts mid-write: a write's outcome is unknown
+    │   ├── StoreUnavailable   no answer, or out of disk/memory/parts mid-write: a write's outcome is unknown
+    │   └── StoreRejectedInput the data of an insert does not parse: refused every time, nothing written
     └── QueryError             a query that cannot be answered as asked
         ├── InvalidQuery       bad parameter (id, duration, time)  → HTTP 400
         ├── TraceNotFound      no such trace for this tenant       → HTTP 404
@@ -99,6 +100,12 @@ class StoreUnavailable(StoreError):
     resource ran out while writing (disk, memory, parts; a failure pushing to one materialized view after
     others took the rows). An insert may have committed in whole or in part, so only the same insert, with
     the same deduplication token, is safe to repeat."""
+
+
+class StoreRejectedInput(StoreError):
+    """The store could not parse an insert's data. The same bytes are refused every time, and the insert
+    wrote nothing (the data is parsed before any row reaches a table), whatever earlier attempts at it
+    got: so, unlike other refusals after an unanswered attempt, its batch may be split."""
 
 
 class QueryError(MeshtraceError):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import ssl
 import threading
 import warnings
@@ -24,7 +25,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 
-from meshtrace.errors import ConfigError, QueryTimeout, StoreError, StoreUnavailable
+from meshtrace.errors import ConfigError, QueryTimeout, StoreError, StoreRejectedInput, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,18 @@ def _unavailable(exc: BaseException) -> bool:
     return isinstance(exc, OperationalError) and getattr(exc, "code", None) is None
 
 
+# A failure in the input format: the insert's data does not parse. Parsing forms the block before any row
+# reaches a table, and a batch (at most --flush-spans records, one row each) is far below the rows and
+# bytes that start a second block, so such an insert wrote nothing, and the same bytes fail every time.
+_UNPARSABLE = re.compile(r"While executing \w*RowInputFormat")
+
+
+def _kind(exc: BaseException) -> type[StoreError]:
+    if _unavailable(exc):
+        return StoreUnavailable
+    return StoreRejectedInput if _UNPARSABLE.search(str(exc)) else StoreError
+
+
 @contextlib.contextmanager
 def _translated(what: str) -> Iterator[None]:
     try:
@@ -98,8 +111,7 @@ def _translated(what: str) -> Iterator[None]:
     except StoreError:
         raise
     except Exception as exc:  # the drivers raise RuntimeError, ChdbError, DatabaseError, OSError, ...
-        kind = StoreUnavailable if _unavailable(exc) else StoreError
-        raise kind(f"{what}: {_reason(exc)}") from exc
+        raise _kind(exc)(f"{what}: {_reason(exc)}") from exc
 
 
 # Errors of a failed write, counted by the engine even when its streaming insert does not raise them.

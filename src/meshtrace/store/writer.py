@@ -9,7 +9,7 @@ bytes itself) with the batch's deduplication token, then advances the log's chec
 An insert that got no answer, or ran out of disk, memory or parts (``StoreUnavailable``), may have
 committed in whole or in part (one materialized view's table has the rows, another not): it is repeated
 as it was, same token, never split; only inserts the store refused outright are split to find records it
-will never take.
+will never take (after an unanswered attempt, only a refusal to parse the data: ``StoreRejectedInput``).
 
 Memory is bounded: requests not yet inserted are kept in memory (and on disk); past ``max_pending_bytes``
 new requests are refused with ``Overloaded`` and a Retry-After estimated from the insert rate.
@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from meshtrace.errors import Overloaded, StoreError, StoreUnavailable
+from meshtrace.errors import Overloaded, StoreError, StoreRejectedInput, StoreUnavailable
 from meshtrace.store.api import SpanBatch
 from meshtrace.store.engine import Engine
 from meshtrace.store.schema import WIRE_MESSAGE, Schema, wire_schema
@@ -344,12 +344,13 @@ class Writer:
                 unknown = True
             except StoreError as exc:
                 self._note_failure(batch, exc)
-                if not unknown:
+                # Refused after an attempt that may have committed (in part): never split this batch, or
+                # that attempt's rows would be inserted again under other tokens. Unless the store cannot
+                # parse these very bytes: then no attempt at them ever wrote anything.
+                if not unknown or isinstance(exc, StoreRejectedInput):
                     if self.wal is not None:  # nothing of it committed: it may be split
                         self.wal.mark_failed(batch[0].seq, batch[-1].seq)
                     return exc
-                # Refused after an attempt that may have committed (in part): never split this batch,
-                # or that attempt's rows would be inserted again under other tokens.
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
 
