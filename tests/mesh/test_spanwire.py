@@ -76,6 +76,19 @@ def test_export_request_has_one_resource_and_one_scope_without_name(resource, na
     assert [s.name for s in scope_spans.spans] == names
 
 
+def test_a_large_export_request_matches_protobufs_own_encoding():
+    """Lengths of several varint bytes at every level: 1,000 spans, one of them over 16 KiB."""
+    names = [f"span-{i}" for i in range(999)] + ["x" * 20_000]
+    spans = [
+        spanwire.encode_span(b"\x01" * 16, i.to_bytes(8, "big"), b"", spanwire.span_name(n), 2, 1, 2, b"", 0)
+        for i, n in enumerate(names, 1)
+    ]
+    body = spanwire.export_request(spanwire.resource([("service.name", "s")]), spans)
+    request = ExportTraceServiceRequest.FromString(body)
+    assert [s.name for s in request.resource_spans[0].scope_spans[0].spans] == names
+    assert request.SerializeToString() == body
+
+
 def test_varint_matches_protobuf_for_long_values():
     value = "x" * 70_000  # a length that needs three varint bytes
     span = Span.FromString(

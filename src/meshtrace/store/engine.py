@@ -92,9 +92,10 @@ def _unavailable(exc: BaseException) -> bool:
     return isinstance(exc, OperationalError) and getattr(exc, "code", None) is None
 
 
-# A failure in the input format: the insert's data does not parse. Parsing forms the block before any row
-# reaches a table, and a batch (at most --flush-spans records, one row each) is far below the rows and
-# bytes that start a second block, so such an insert wrote nothing, and the same bytes fail every time.
+# A failure in the input format: the insert's data does not parse. Parsing forms a block before any of its
+# rows reaches a table, and with ClickHouse's default block settings a batch (a row per log record, at most
+# --flush-spans of them) never fills more than one (a second starts only past ~1M rows), so such an
+# insert wrote nothing, and the same bytes fail every time.
 _UNPARSABLE = re.compile(r"While executing \w*RowInputFormat")
 
 

@@ -110,10 +110,14 @@ def resource(attributes: Sequence[tuple[str, str]]) -> bytes:
 def export_request(resource_message: bytes, spans: Sequence[bytes]) -> bytes:
     """An ``ExportTraceServiceRequest``: one ``ResourceSpans`` with one ``ScopeSpans`` whose scope is
     empty, as Envoy sends."""
-    parts: list[bytes] = []
+    resource_field = _field(b"\x0a", resource_message)
+    parts: list[bytes] = [b"\x0a", b"", resource_field, b"\x12", b""]  # the two lengths filled in below
+    scope_size = 0
     for span in spans:
         size = len(span)
-        parts += (b"\x12", _VARINTS[size] if size < 16384 else varint(size), span)
-    scope_spans = b"".join(parts)
-    resource_spans = _field(b"\x0a", resource_message) + _field(b"\x12", scope_spans)
-    return _field(b"\x0a", resource_spans)
+        head = _VARINTS[size] if size < 16384 else varint(size)
+        parts += (b"\x12", head, span)
+        scope_size += 1 + len(head) + size
+    parts[4] = varint(scope_size)
+    parts[1] = varint(len(resource_field) + 1 + len(parts[4]) + scope_size)
+    return b"".join(parts)  # one copy of the spans, not one per enclosing message
