@@ -476,17 +476,20 @@ def resource_attributes(node: Node, spec: TracingSpec | None) -> list[tuple[str,
     return attributes
 
 
-_ENCODED: dict[tuple[bytes, Any], bytes] = {}
+_ENCODED: dict[bytes, dict[Any, bytes]] = {}  # per attribute key: value → encoded
 
 
 def _tag(key_prefix: bytes, value: Any) -> bytes:
-    """An attribute whose value repeats across spans (method, peer, status...), encoded once."""
-    key = (key_prefix, value)
-    encoded = _ENCODED.get(key)
+    """An attribute whose value repeats across spans (method, peer, status...), encoded once. One dict per
+    key, looked up by the value alone: no key tuple to build and hash for every tag of every span."""
+    cache = _ENCODED.get(key_prefix)
+    if cache is None:
+        cache = _ENCODED[key_prefix] = {}
+    encoded = cache.get(value)
     if encoded is None:
-        if len(_ENCODED) > 100_000:
-            _ENCODED.clear()
-        encoded = _ENCODED[key] = spanwire.string_attribute(key_prefix, str(value))
+        if len(cache) > 10_000:
+            cache.clear()
+        encoded = cache[value] = spanwire.string_attribute(key_prefix, str(value))
     return encoded
 
 
