@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from meshtrace.testing.bookinfo import export_request, traffic
 from meshtrace.testing.server import CollectorProcess, ServerStartError
+from tests.conftest import free_port
 
 from ..collector.conftest import seed_collector_config
 from .conftest import TOKENS, ServerProcess, stored, token_args, wait_until
@@ -34,12 +35,6 @@ ON_LOOPBACK = [
     "--set", "receivers::otlp::protocols::http::endpoint=127.0.0.1:0",
     "--set", "service::telemetry::metrics::address=127.0.0.1:0",
 ]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

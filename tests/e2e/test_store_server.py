@@ -5,7 +5,6 @@ killed with SIGKILL; each test counts the spans acknowledged against the spans s
 from __future__ import annotations
 
 import random
-import socket
 import time
 from pathlib import Path
 
@@ -14,17 +13,12 @@ from google.rpc import status_pb2
 
 from meshtrace.testing.bookinfo import bookinfo_trace
 from meshtrace.testing.clickhouse_http import ClickHouseHttpProcess
+from tests.conftest import free_port
 
 from .conftest import TOKENS, ServerProcess, jaeger_trace, post_traces, stored, token_args, wait_until
 from .test_durability import requests
 
 HEADERS = {"Content-Type": "application/x-protobuf", "Authentication": TOKENS["acme"]}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_serve_waits_for_clickhouse_alive_not_ready_and_refusing_retryably(tmp_path: Path) -> None:

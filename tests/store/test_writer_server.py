@@ -4,7 +4,6 @@ embedded engine, in a child process killed with SIGKILL and started again on the
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 from meshtrace.store import Store, StoreOptions
@@ -12,16 +11,11 @@ from meshtrace.store.api import SpanBatch
 from meshtrace.store.engine import ServerEngine, parse_server_url
 from meshtrace.store.schema import Schema
 from meshtrace.testing.clickhouse_http import ClickHouseHttpProcess
+from tests.conftest import free_port
 
 from .test_writer import batch
 
 UNPARSABLE = SpanBatch("acme", b"\x0a\x05not-a-protobuf-message", 1)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_a_batch_unanswered_then_refused_as_unparsable_is_split(tmp_path: Path) -> None:
