@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import uuid
+from collections import Counter
 
 import pytest
 
@@ -43,10 +45,37 @@ def tracer(sampling: float = 100.0, sink: list | None = None, **spec: object) ->
 
 
 def test_new_request_ids_are_uuid4_and_not_yet_traced():
-    for _ in range(200):
-        rid = new_request_id()
+    ids = [new_request_id() for _ in range(1000)]  # many fills of the pool they are cut from
+    assert len(set(ids)) == len(ids)
+    for rid in ids:
+        assert str(uuid.UUID(rid)) == rid  # canonical: lower case, dashes in place
         assert uuid.UUID(rid).version == 4
+        assert uuid.UUID(rid).variant == uuid.RFC_4122
         assert trace_reason(rid) == NOT_TRACED
+    assert {rid[19] for rid in ids} == set("89ab")
+    assert len({rid[:8] for rid in ids}) == len(ids)  # the sampling bucket's digits are random
+
+
+def test_a_forked_child_does_not_repeat_its_parents_ids():
+    t = tracer()
+
+    def draw() -> bytes:
+        span = t.start({}, new_request_id(), spanwire.SERVER, "x")
+        assert span is not None
+        return new_request_id().encode() + span.span_id + span.trace_id
+
+    draw()  # the pools hold ids the child must not reuse
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(writer, draw())
+        os._exit(0)
+    os.close(writer)
+    child = os.read(reader, 200)
+    os.close(reader)
+    os.waitpid(pid, 0)
+    assert len(child) == 36 + 16 + 32
+    assert child != draw()
 
 
 def test_decision_is_written_once_into_the_request_id():
@@ -69,6 +98,25 @@ def test_sampling_by_request_id_tracks_the_percentage():
     assert 850 <= sampled <= 1150  # 25% ± 4.5 sd
 
 
+@pytest.mark.parametrize("sampling", [0.0, 30.0, 100.0])
+@pytest.mark.parametrize("headers", [{}, {b"x-client-trace-id": b"c1"}, {b"x-envoy-force-trace": b"true"}])
+@pytest.mark.parametrize("use_request_id", [True, False])
+def test_a_new_request_id_carries_the_decision_sample_would_write(sampling, headers, use_request_id):
+    t = tracer(sampling=sampling, use_request_id=use_request_id)
+    count = 2000
+    fresh = [t.fresh_request_id(headers) for _ in range(count)]
+    assert len(set(fresh)) == count
+    assert all(str(uuid.UUID(rid)) == rid for rid in fresh)
+    made = Counter(trace_reason(rid) for rid in fresh)
+    expected = Counter(trace_reason(t.sample(new_request_id(), headers)) for _ in range(count))
+    if sampling == 30.0 and not headers and use_request_id:
+        assert set(made) == set(expected) == {SAMPLED, NOT_TRACED}
+        assert abs(made[SAMPLED] - 600) < 4.5 * 20.5  # 30% of 2000 ± 4.5 sd
+    else:
+        assert made == expected
+        assert len(made) == 1
+
+
 @pytest.mark.parametrize(
     ("header", "expected"),
     [
@@ -80,7 +128,13 @@ def test_sampling_by_request_id_tracks_the_percentage():
             b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
             ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", False),
         ),
+        (
+            b"00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01",
+            ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", True),
+        ),
         (b"00-00000000000000000000000000000000-b7ad6b7169203331-01", None),
+        (b"00-0af7651916cd43dd8448eb211c8031 c-b7ad6b7169203331-01", None),
+        (b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b716920333 -01", None),
         (b"00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01", None),
         (b"ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", None),
         (b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra", None),
@@ -94,17 +148,17 @@ def test_traceparent(header, expected):
         assert parsed is None
     else:
         assert parsed is not None
-        assert (parsed[0].hex(), parsed[1].hex(), parsed[2]) == expected
+        assert (parsed[0].decode(), parsed[1].decode(), parsed[2]) == expected
 
 
 def test_b3_multi_and_single_headers():
     multi = parse_b3({b"x-b3-traceid": b"463ac35c9f6413ad", b"x-b3-spanid": b"a2fb4a1d1a96d312", b"x-b3-sampled": b"1"})
     assert multi is not None
-    assert multi[0].hex() == "0000000000000000463ac35c9f6413ad"
+    assert multi[0] == b"0000000000000000463ac35c9f6413ad"
     assert multi[2] is True
     single = parse_b3({b"b3": b"80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-0"})
     assert single is not None
-    assert single[1].hex() == "e457b5a2e4d86bd1"
+    assert single[1] == b"e457b5a2e4d86bd1"
     assert single[2] is False
     assert parse_b3({b"b3": b"1"}) is None
 
@@ -115,9 +169,9 @@ def test_child_of_incoming_context_inherits_the_sampled_flag_not_the_local_rate(
     span = t.start(headers, t.sample(new_request_id(), headers), spanwire.SERVER, "x")
     assert span is not None
     assert span.sampled
-    assert span.parent_id.hex() == "b7ad6b7169203331"
+    assert span.parent_id == b"b7ad6b7169203331"
     injected = t.inject(span).decode()
-    assert injected.startswith(f"traceparent: 00-0af7651916cd43dd8448eb211c80319c-{span.span_id.hex()}-01")
+    assert injected.startswith(f"traceparent: 00-0af7651916cd43dd8448eb211c80319c-{span.span_id.decode()}-01")
 
 
 def test_invalid_traceparent_gives_no_span():

@@ -28,7 +28,7 @@ import struct
 import subprocess
 import sys
 import time
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Final
 
 import orjson
 
@@ -38,19 +38,19 @@ from meshtrace.mesh.proxy.tracer import encode_record
 
 log = logging.getLogger("meshtrace.proxy.export")
 
-FLUSH_INTERVAL = 5.0
-MIN_FLUSH_SPANS = 5
-MIN_EXPORT_INTERVAL = 0.5
-MAX_BUFFERED = 50_000
-MAX_PIPE_BACKLOG = 64 << 20
+FLUSH_INTERVAL: Final = 5.0
+MIN_FLUSH_SPANS: Final = 5
+MIN_EXPORT_INTERVAL: Final = 0.5
+MAX_BUFFERED: Final = 50_000
+MAX_PIPE_BACKLOG: Final = 64 << 20
 # Spans per export, ~0.7 MB of OTLP (well under the 4 MiB a Collector accepts by default), and per frame
 # down the pipe: marshalling one takes ~0.4 ms; a whole flush under load (~12,000) stalled requests ~5 ms.
-MAX_BATCH = 1000
-FAILURE_PAUSE = 1.0
-_FRAME = struct.Struct("<I")
-_EXPORT_PATH = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+MAX_BATCH: Final = 1000
+FAILURE_PAUSE: Final = 1.0
+_FRAME: Final = struct.Struct("<I")
+_EXPORT_PATH: Final = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 # Not ``-m``: this module may be compiled (``native``), and ``-m`` runs only interpreted modules.
-_CHILD = "from meshtrace.mesh.proxy.export import main; raise SystemExit(main())"
+_CHILD: Final = "from meshtrace.mesh.proxy.export import main; raise SystemExit(main())"
 
 
 class Exporter:

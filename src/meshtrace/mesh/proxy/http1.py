@@ -13,19 +13,19 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import httptools
 
 log = logging.getLogger("meshtrace.proxy")
 
-MAX_REQUEST_BODY = 32 * 1024 * 1024
-MAX_HEADERS = 100
-CONNECT_TIMEOUT = 10.0
-MAX_ATTEMPTS = 3  # Istio's default route retry policy: 2 retries on connect failure and reset
+MAX_REQUEST_BODY: Final = 32 * 1024 * 1024
+MAX_HEADERS: Final = 100
+CONNECT_TIMEOUT: Final = 10.0
+MAX_ATTEMPTS: Final = 3  # Istio's default route retry policy: 2 retries on connect failure and reset
 
 # Headers the proxy manages itself: captured, then written again (or replaced) upstream.
-MANAGED = frozenset(
+MANAGED: Final = frozenset(
     (
         b"host",
         b"x-request-id",
@@ -44,8 +44,8 @@ MANAGED = frozenset(
     )
 )
 # Passed through unchanged, but the proxy reads them too.
-OBSERVED = frozenset((b"user-agent", b"x-client-trace-id", b"x-envoy-force-trace"))
-HOP_BY_HOP = frozenset(
+OBSERVED: Final = frozenset((b"user-agent", b"x-client-trace-id", b"x-envoy-force-trace"))
+HOP_BY_HOP: Final = frozenset(
     (
         b"connection",
         b"keep-alive",
@@ -57,8 +57,8 @@ HOP_BY_HOP = frozenset(
         b"proxy-authorization",
     )
 )
-_RESPONSE_DROP = HOP_BY_HOP | {b"content-length", b"x-envoy-upstream-service-time"}
-_REASONS = {
+_RESPONSE_DROP: Final = HOP_BY_HOP | {b"content-length", b"x-envoy-upstream-service-time"}
+_REASONS: Final = {
     200: b"OK",
     201: b"Created",
     204: b"No Content",
@@ -251,7 +251,7 @@ class Exchange:
         self.down.finish(self)
 
 
-_last_date: list[Any] = [0, b""]
+_last_date: Final[list[Any]] = [0, b""]
 
 
 def _date() -> bytes:

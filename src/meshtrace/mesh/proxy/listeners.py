@@ -11,7 +11,7 @@ import ipaddress
 import random
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import httptools
 import orjson
@@ -21,10 +21,10 @@ from meshtrace.mesh.proxy.config import Cluster, Inbound, ProxyConfig, Route, Vi
 from meshtrace.mesh.proxy.http1 import Exchange
 from meshtrace.mesh.proxy.tracer import Finished, SideTracer, Span, new_request_id
 
-_B3 = frozenset((b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags", b"b3"))
-_W3C = frozenset((b"traceparent", b"tracestate"))
-_CONTEXT = _B3 | _W3C
-PASSTHROUGH = "PassthroughCluster"
+_B3: Final = frozenset((b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags", b"b3"))
+_W3C: Final = frozenset((b"traceparent", b"tracestate"))
+_CONTEXT: Final = _B3 | _W3C
+PASSTHROUGH: Final = "PassthroughCluster"
 
 
 class State:
@@ -83,9 +83,14 @@ def _host_port(value: bytes) -> tuple[str, int]:
     return text, 80
 
 
-def _request_id(exchange: Exchange) -> str:
+def _request_id(exchange: Exchange, tracer: SideTracer, traced: bool) -> str:
+    """The request's x-request-id or a new one, with this proxy's sampling decision in it when it traces."""
     value = exchange.headers.get(b"x-request-id")
-    return value.decode("latin-1") if value else new_request_id()
+    if not traced:
+        return value.decode("latin-1") if value else new_request_id()
+    if value:
+        return tracer.sample(value.decode("latin-1"), exchange.headers)
+    return tracer.fresh_request_id(exchange.headers)
 
 
 def _trace_headers(exchange: Exchange, tracer: SideTracer, span: Span | None) -> bytes:
@@ -126,8 +131,8 @@ def _head(
 
 
 def _url(exchange: Exchange, host: bytes, path: bytes, max_length: int) -> str:
-    proto = exchange.headers.get(b"x-forwarded-proto", b"http").decode("latin-1")
-    return f"{proto}://{host.decode('latin-1')}{path[:max_length].decode('latin-1')}"
+    proto = exchange.headers.get(b"x-forwarded-proto", b"http")
+    return b"".join((proto, b"://", host, path[:max_length])).decode("latin-1")
 
 
 class _Note:
@@ -192,15 +197,14 @@ class InboundListener:
             return
         inbound, cluster = route
         headers = exchange.headers
-        request_id = _request_id(exchange)
         tracer = state.server
+        request_id = _request_id(exchange, tracer, tracer.enabled)
         span = None
         host = headers.get(b"host", b"")
         path = exchange.target
         if path[:1] != b"/":
             path = _split_target(path, host)[2]
         if tracer.enabled:
-            request_id = tracer.sample(request_id, headers)
             operation = headers.pop(b"x-envoy-decorator-operation", None)
             name = operation.decode("latin-1") if operation else inbound.decorator
             span = tracer.start(headers, request_id, spanwire.SERVER, name)
@@ -245,12 +249,11 @@ class OutboundListener:
             exchange.local_reply(503, "no healthy upstream", "UH")
             return
         exchange.cluster = cluster
-        request_id = _request_id(exchange)
         tracer = state.client
+        request_id = _request_id(exchange, tracer, self.traced and tracer.enabled)
         span = None
         extra = b""
         if self.traced and tracer.enabled:
-            request_id = tracer.sample(request_id, headers)
             span = tracer.start(headers, request_id, spanwire.CLIENT, decorator)
             exchange.note = _Note(tracer, request_id, host_bytes, path)
             if span is not None:
@@ -330,12 +333,11 @@ class GatewayListener:
         host_bytes = headers.get(b"host", b"")
         _, _, path = _split_target(exchange.target, host_bytes)
         route = self.route(state, host_bytes.decode("latin-1"), path.decode("latin-1"), _observed(exchange))
-        request_id = _request_id(exchange)
         tracer = state.client
+        request_id = _request_id(exchange, tracer, tracer.enabled)
         span = None
         name = route.decorator if route is not None else f"egress {host_bytes.decode('latin-1')}"
         if tracer.enabled:
-            request_id = tracer.sample(request_id, headers)
             # Gateways spawn an upstream span, so Envoy makes the downstream span a SERVER span.
             span = tracer.start(headers, request_id, spanwire.SERVER, name)
             exchange.note = _Note(tracer, request_id, host_bytes, path)

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Sequence
+from typing import Final
 
-_FIXED64 = struct.Struct("<Q").pack
-_ONE_BYTE = [bytes([n]) for n in range(128)]
+_FIXED64: Final = struct.Struct("<Q").pack
+_ONE_BYTE: Final = [bytes([n]) for n in range(128)]
 
 # Span kinds and status codes, as in trace.proto.
-SERVER = 2
-CLIENT = 3
-STATUS_UNSET = 0
-STATUS_ERROR = 2
+SERVER: Final = 2
+CLIENT: Final = 3
+STATUS_UNSET: Final = 0
+STATUS_ERROR: Final = 2
 
 
 def varint(value: int) -> bytes:
@@ -33,7 +34,7 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
-_VARINTS = [varint(n) for n in range(1 << 14)]  # lengths below 16 KiB: a lookup, not a call
+_VARINTS: Final = [varint(n) for n in range(1 << 14)]  # lengths below 16 KiB: a lookup, not a call
 
 
 def _field(tag: bytes, payload: bytes) -> bytes:
