@@ -315,7 +315,7 @@ def main() -> None:
                 raise SystemExit(f"unknown --configs {sorted(unknown)}: choose from {sorted(targets)}")
             names = [name for name in targets if not chosen or name in chosen or name == "direct"]
             pids = dict(setup.proxy_pids)
-            ours = [p.pid for p in setup.procs] + [sink.pid]
+            ours = [p.pid for p in setup.procs] + ([sink.pid] if sink.pid is not None else [])
             ours += [child for pid in ours for child in children(pid)]
             every_cpu = os.sched_getaffinity(0)
             for name, masters in setup.nginx_pids.items():

@@ -8,7 +8,7 @@ requests and with ``--warmup`` + ``--requests``; the difference divided by ``--r
 start-up and shutdown. Each data path in turn: compiled (``make native``) and interpreted
 (``MESHTRACE_PROXY_INTERPRETED=1``). Prints one JSON object.
 
-    .venv/bin/python benchmarks/sidecar_instructions.py [--requests 2000]
+    .venv/bin/python benchmarks/sidecar_instructions.py [--requests 2000] [--no-tracing] [--modes compiled]
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ class CountedSetup(Setup):
 
     start_seconds = 300.0  # start-up under valgrind is ~50× slower
 
-    def __init__(self, workdir: Path, sink_port: int, out: Path) -> None:
-        super().__init__(workdir, sink_port)
+    def __init__(self, workdir: Path, sink_port: int, out: Path, tracing: bool = True) -> None:
+        super().__init__(workdir, sink_port, tracing=tracing)
         self.out = out
 
     def _spawn(self, argv: list[str], name: str) -> subprocess.Popen[bytes]:
@@ -46,7 +46,7 @@ class CountedSetup(Setup):
         return super()._spawn(argv, name)
 
 
-def count(requests: int, sink_port: int, interpreted: bool) -> int:
+def count(requests: int, sink_port: int, interpreted: bool, tracing: bool = True) -> int:
     """Instructions of the whole proxy process that served ``requests`` requests (and ``_wait``'s one)."""
     with tempfile.TemporaryDirectory(prefix="meshtrace-ibench-") as tmp:
         out = Path(tmp) / "callgrind.out"
@@ -54,7 +54,7 @@ def count(requests: int, sink_port: int, interpreted: bool) -> int:
             os.environ["MESHTRACE_PROXY_INTERPRETED"] = "1"
         else:
             os.environ.pop("MESHTRACE_PROXY_INTERPRETED", None)
-        setup = CountedSetup(Path(tmp), sink_port, out)
+        setup = CountedSetup(Path(tmp), sink_port, out, tracing)
         try:
             url = setup.start()["meshtrace"][0]
             with httpx.Client(trust_env=False, timeout=30) as client:
@@ -75,16 +75,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000, help="Requests counted (after the warm-up).")
     parser.add_argument("--warmup", type=int, default=200, help="Requests in both runs (imports, first spans).")
+    parser.add_argument("--no-tracing", action="store_true", help="The proxy without a tracing provider.")
+    parser.add_argument("--modes", default="compiled,interpreted", help="Data paths to count, comma-separated.")
     args = parser.parse_args()
+    modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
+    if not modes or set(modes) - {"compiled", "interpreted"}:
+        raise SystemExit("--modes: choose from compiled, interpreted")
     if not shutil.which("valgrind"):
         raise SystemExit("valgrind is not installed: apt-get install valgrind")
     sink, sink_port, _ = start_sink()
     per_request: dict[str, Any] = {}
     try:
-        for mode in ("compiled", "interpreted"):
+        for mode in modes:
             interpreted = mode == "interpreted"
-            base = count(args.warmup, sink_port, interpreted)
-            total = count(args.warmup + args.requests, sink_port, interpreted)
+            base = count(args.warmup, sink_port, interpreted, not args.no_tracing)
+            total = count(args.warmup + args.requests, sink_port, interpreted, not args.no_tracing)
             per_request[mode] = round((total - base) / args.requests)
     finally:
         sink.terminate()
@@ -92,9 +97,11 @@ def main() -> None:
         "benchmark": "sidecar_instructions",
         "machine": machine(),
         "requests": args.requests,
+        "tracing": not args.no_tracing,
         "instructions_per_request": per_request,
-        "compiled ÷ interpreted": round(per_request["compiled"] / per_request["interpreted"], 2),
     }
+    if len(per_request) == 2:
+        result["compiled ÷ interpreted"] = round(per_request["compiled"] / per_request["interpreted"], 2)
     print(json.dumps(result, indent=2))
 
 

@@ -237,3 +237,43 @@ def test_unsampled_and_unreported_spans_are_not_exported():
     assert span.sampled
     quiet.finish(span, Finished(rid, "", "GET", "-", "", 0, 0, 200, "-", None, ""))
     assert out == []
+
+
+def test_spans_sharing_tags_keep_their_own_fresh_ones():
+    """The export process encodes the tags that repeat from span to span once per group of values; each span
+    still carries its own request id, client trace id, status and error tag, upstream spans their own set."""
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    out: list[tuple] = []
+    t = tracer(sink=out)
+    cluster = Cluster("outbound|9080||ratings.default.svc.cluster.local", "ratings.default.svc.cluster.local", 9080, ())
+    sent = []
+    for n, (status, client) in enumerate([(200, ""), (503, "c-1"), (200, "c-2"), (200, "")]):
+        rid = t.fresh_request_id({})
+        span = t.start({}, rid, spanwire.SERVER, "x")
+        assert span is not None
+        done = Finished(rid, "http://r:9080/ratings/0", "GET", "curl/8", "10.0.0.1:5000", 0, 48, status, "-", cluster,
+                        "10.0.0.9:9080", client)  # fmt: skip
+        if n == 3:
+            t.finish_upstream(span, done)
+        else:
+            t.finish(span, done)
+        sent.append((rid, status, client))
+    decoded = [Span.FromString(encode_record(record)) for record in out * 2]  # twice: found in the cache
+    for span, (rid, status, client) in zip(decoded, sent * 2, strict=True):
+        attrs = {kv.key: kv.value.string_value for kv in span.attributes}
+        assert attrs["http.status_code"] == str(status)
+        assert ("error" in attrs) == (status >= 500)
+        assert attrs["upstream_cluster"] == cluster.name
+        assert attrs["istio.canonical_service"] == "productpage"
+        if rid == sent[3][0]:  # the upstream span: none of the downstream request's tags
+            assert "guid:x-request-id" not in attrs
+            assert "http.url" not in attrs
+            assert attrs["peer.address"] == attrs["upstream_address"] == "10.0.0.9:9080"
+            continue
+        assert attrs["guid:x-request-id"] == rid
+        assert attrs.get("guid:x-client-trace-id", "") == client
+        assert attrs["http.url"] == "http://r:9080/ratings/0"
+        assert attrs["peer.address"] == "10.0.0.1:5000"
+        assert attrs["response_size"] == "48"
+    assert len({bytes(s.span_id) for s in decoded}) == 4
