@@ -38,6 +38,23 @@ _ZERO16: Final = b"0" * 16
 _ZERO32: Final = b"0" * 32
 
 
+class _RequestIds:
+    """Request ids with one trace reason, formatted in batches (``_request_ids``) and handed out in turn."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.text = ""
+        self.at = 0
+
+    def take(self) -> str:
+        at = self.at
+        if at >= len(self.text):
+            self.text = _request_ids(_IDS_PER_FILL, self.reason)
+            at = 0
+        self.at = at + 36
+        return self.text[at : at + 36]
+
+
 class _Random:
     """Span ids, trace ids and request ids cut from one ``os.urandom`` call per few kilobytes, already in
     the hex the headers carry: a call, a conversion and a formatting per id cost more than the rest of a
@@ -46,13 +63,12 @@ class _Random:
     def __init__(self) -> None:
         self.hexed = b""
         self.at = 0
-        self.ids = ""
-        self.id_at = 0
-        self.sampled = ""
-        self.sampled_at = 0
+        self.not_traced = _RequestIds(NOT_TRACED)
+        self.sampled = _RequestIds(SAMPLED)
 
     def reset(self) -> None:
-        self.hexed, self.at, self.ids, self.id_at, self.sampled, self.sampled_at = b"", 0, "", 0, "", 0
+        self.hexed, self.at = b"", 0
+        self.not_traced, self.sampled = _RequestIds(NOT_TRACED), _RequestIds(SAMPLED)
 
     def digits(self, count: int) -> bytes:
         at = self.at
@@ -62,22 +78,6 @@ class _Random:
             at, end = 0, count
         self.at = end
         return self.hexed[at:end]
-
-    def request_id(self) -> str:
-        at = self.id_at
-        if at >= len(self.ids):
-            self.ids = _request_ids(_IDS_PER_FILL, NOT_TRACED)
-            at = 0
-        self.id_at = at + 36
-        return self.ids[at : at + 36]
-
-    def sampled_request_id(self) -> str:
-        at = self.sampled_at
-        if at >= len(self.sampled):
-            self.sampled = _request_ids(_IDS_PER_FILL, SAMPLED)
-            at = 0
-        self.sampled_at = at + 36
-        return self.sampled[at : at + 36]
 
 
 def _request_ids(count: int, reason: str) -> str:
@@ -97,7 +97,7 @@ os.register_at_fork(after_in_child=_RANDOM.reset)
 
 def new_request_id() -> str:
     """A UUIDv4 string; its version nibble doubles as "not traced yet"."""
-    return _RANDOM.request_id()
+    return _RANDOM.not_traced.take()
 
 
 def trace_reason(request_id: str) -> str:
@@ -355,13 +355,13 @@ class SideTracer:
     def fresh_request_id(self, headers: dict[bytes, bytes]) -> str:
         """``sample(new_request_id(), headers)``, without parsing the new id when the rate alone decides."""
         if not self.use_request_id:
-            return _RANDOM.request_id()
+            return _RANDOM.not_traced.take()
         if b"x-client-trace-id" not in headers and b"x-envoy-force-trace" not in headers:
             if self.threshold >= 10000:
-                return _RANDOM.sampled_request_id()
+                return _RANDOM.sampled.take()
             if self.threshold <= 0:
-                return _RANDOM.request_id()
-        return self.sample(_RANDOM.request_id(), headers)
+                return _RANDOM.not_traced.take()
+        return self.sample(_RANDOM.not_traced.take(), headers)
 
     def start(self, headers: dict[bytes, bytes], request_id: str, kind: int, name: str) -> Span | None:
         """A span continuing the incoming context, or a new trace with the local decision."""
