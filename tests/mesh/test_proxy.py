@@ -276,6 +276,45 @@ def test_bodies_chunked_head_and_post(proxy):
     assert status.status_code == 418
 
 
+def test_header_names_are_classified_whatever_their_case(proxy):
+    """The proxy classifies a header by the name as received (cached): managed, hop-by-hop and other headers
+    keep their meaning in any case, also after many unknown names have filled and emptied that cache."""
+    import socket
+
+    def ask(extra: list[str]) -> dict[str, Any]:
+        lines = [
+            "GET /h HTTP/1.1",
+            "Host: echo:9080",
+            "X-Request-ID: bbbbbbbb-0000-4000-8000-000000000001",
+            "Keep-Alive: timeout=5",
+            "Proxy-Connection: keep-alive",
+            "USER-AGENT: case/1",
+            "X-Custom: kept",
+            *extra,
+            "Connection: close",
+        ]
+        with socket.create_connection((POD, 15001), timeout=10) as sock:
+            sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        return json.loads(body)
+
+    for round_ in range(2):
+        seen = ask([])["headers"]
+        assert seen["x-request-id"][:14] == "bbbbbbbb-0000-"  # managed: written once, by the proxy
+        assert "keep-alive" not in seen
+        assert "proxy-connection" not in seen
+        assert seen["user-agent"] == "case/1"
+        assert seen["x-custom"] == "kept"
+        if round_ == 0:
+            for batch in range(50):  # 5,000 names never seen before
+                names = [f"X-Unknown-{batch}-{n}: v" for n in range(90)]
+                assert len(ask(names)["headers"]) > 90
+
+
 def test_malformed_request_gets_400_and_closes(proxy):
     import socket
 

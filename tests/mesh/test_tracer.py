@@ -132,6 +132,25 @@ def test_a_new_request_id_carries_the_decision_sample_would_write(sampling, head
             b"00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01",
             ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", True),
         ),
+        (
+            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03",
+            ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", True),
+        ),
+        (
+            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0a",
+            ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", False),
+        ),
+        (
+            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0B",
+            ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", True),
+        ),
+        (  # a later version may append fields
+            b"01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-later",
+            ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", True),
+        ),
+        (b"00-0af7651916cd43dd-448eb211c80319c-b7ad6b7169203331-01", None),
+        (b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0g", None),
+        (b"00-0af7651916cd43dd8448eb211c80319\xe9-b7ad6b7169203331-01", None),
         (b"00-00000000000000000000000000000000-b7ad6b7169203331-01", None),
         (b"00-0af7651916cd43dd8448eb211c8031 c-b7ad6b7169203331-01", None),
         (b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b716920333 -01", None),

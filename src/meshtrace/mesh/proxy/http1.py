@@ -58,6 +58,32 @@ HOP_BY_HOP: Final = frozenset(
     )
 )
 _RESPONSE_DROP: Final = HOP_BY_HOP | {b"content-length", b"x-envoy-upstream-service-time"}
+# What a header name is to the proxy, found by the name as received (a ``lower()`` and up to three set
+# lookups per header otherwise): its lower case, its kind in a request, and whether a response drops it.
+_PASS: Final = 0  # passed on as received
+_KEEP: Final = 1  # managed: captured, then written again
+_HOP: Final = 2  # hop-by-hop: dropped
+_OBSERVE: Final = 3  # passed on, and read by the proxy
+_NAMES: Final[dict[bytes, tuple[bytes, int, bool]]] = {}
+_MAX_NAMES: Final = 4096  # a client inventing names empties it now and then
+
+
+def _header_name(name: bytes) -> tuple[bytes, int, bool]:
+    known = _NAMES.get(name)
+    if known is None:
+        lower = name.lower()
+        if lower in MANAGED:
+            kind = _KEEP
+        elif lower in HOP_BY_HOP:
+            kind = _HOP
+        else:
+            kind = _OBSERVE if lower in OBSERVED else _PASS
+        if len(_NAMES) >= _MAX_NAMES:
+            _NAMES.clear()
+        known = _NAMES[name] = (lower, kind, lower in _RESPONSE_DROP)
+    return known
+
+
 _REASONS: Final = {
     200: b"OK",
     201: b"Created",
@@ -337,13 +363,13 @@ class Downstream(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(self._lines) + len(self._headers) > MAX_HEADERS:
             raise _TooLarge(431, "too many request headers")
-        lower = name.lower()
-        if lower in MANAGED:
+        lower, kind, _ = _header_name(name)
+        if kind == _KEEP:
             self._headers[lower] = value
-        elif lower in HOP_BY_HOP:
+        elif kind == _HOP:
             return
         else:
-            if lower in OBSERVED:
+            if kind == _OBSERVE:
                 self._headers[lower] = value
             self._lines.append(name + b": " + value + b"\r\n")
 
@@ -504,8 +530,8 @@ class Upstream(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        lower = name.lower()
-        if lower in _RESPONSE_DROP:
+        lower, _, dropped = _header_name(name)
+        if dropped:
             if lower == b"content-length":
                 self._length = value
             elif lower == b"transfer-encoding":
