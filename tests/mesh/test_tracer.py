@@ -117,36 +117,23 @@ def test_a_new_request_id_carries_the_decision_sample_would_write(sampling, head
         assert len(made) == 1
 
 
+TRACE, PARENT = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+
+
 @pytest.mark.parametrize(
     ("header", "expected"),
     [
-        (
-            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-            ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", True),
-        ),
-        (
-            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
-            ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", False),
-        ),
-        (
-            b"00-0AF7651916CD43DD8448EB211C80319C-B7AD6B7169203331-01",
-            ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", True),
-        ),
-        (
-            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03",
-            ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", True),
-        ),
-        (
-            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0a",
-            ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", False),
-        ),
-        (
-            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0B",
-            ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", True),
-        ),
-        (  # a later version may append fields
-            b"01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-later",
-            ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331", True),
+        *(
+            (f"{version}-{trace}-{parent}-{flags}{later}".encode(), (TRACE, PARENT, sampled))
+            for version, trace, parent, flags, later, sampled in [
+                ("00", TRACE, PARENT, "01", "", True),
+                ("00", TRACE, PARENT, "00", "", False),
+                ("00", TRACE.upper(), PARENT.upper(), "01", "", True),
+                ("00", TRACE, PARENT, "03", "", True),
+                ("00", TRACE, PARENT, "0a", "", False),
+                ("00", TRACE, PARENT, "0B", "", True),
+                ("01", TRACE, PARENT, "01", "-later", True),  # a later version may append fields
+            ]
         ),
         (b"00-0af7651916cd43dd-448eb211c80319c-b7ad6b7169203331-01", None),
         (b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0g", None),
