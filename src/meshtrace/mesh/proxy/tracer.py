@@ -568,8 +568,8 @@ _ENCODED: Final[dict[bytes, dict[Any, bytes]]] = {}  # per attribute key: value 
 
 
 def _tag(key_prefix: bytes, value: Any) -> bytes:
-    """An attribute whose value repeats across spans (method, peer, status...), encoded once. One dict per
-    key, looked up by the value alone: no key tuple to build and hash for every tag of every span."""
+    """An attribute whose value repeats across spans (method, peer, status...), encoded once, for building
+    a group of tags ``_CHUNKS`` has not seen (a new URL among known peers and methods reuses the rest)."""
     cache = _ENCODED.get(key_prefix)
     if cache is None:
         cache = _ENCODED[key_prefix] = {}
