@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -36,6 +37,15 @@ from meshtrace.mesh.proxy.tracer import SideTracer, resource_attributes
 log = logging.getLogger("meshtrace.proxy")
 POLL_INTERVAL = 0.2
 STATUS_PORT = 15021
+
+
+def settle_heap() -> None:
+    """Move what the proxy has built (modules, configuration, listeners) out of the garbage collector's
+    view, after collecting what is garbage: a full collection then walks only what requests left behind,
+    not ~100,000 long-lived objects (pauses of 6–10 ms under load otherwise)."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 class Proxy:
@@ -98,6 +108,7 @@ class Proxy:
             self.holder.state = state
             await self.bind_listeners()
             self._retire_exporters(state)
+            settle_heap()  # the replaced configuration may be garbage in cycles: collected, not frozen
             log.info("configuration version %d applied", config.version)
 
     def _retire_exporters(self, state: State) -> None:
@@ -166,6 +177,7 @@ class Proxy:
             "counters": state.stats,
             "upstream_cx_total": self.pool.opened + self.app_pool.opened,
             "compiled": NATIVE.compiled,
+            "gc": {"frozen": gc.get_freeze_count(), "collections": [g["collections"] for g in gc.get_stats()]},
             "tracing": {
                 "client": state.client.enabled,
                 "server": state.server.enabled,
@@ -187,6 +199,7 @@ class Proxy:
             config.version,
             NATIVE.detail,
         )
+        settle_heap()
         await self.stopping.wait()
         log.info("draining")
         for server in self.servers.values():
