@@ -62,7 +62,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, heap.trim())
 
 def test_a_kept_heap_serves_the_next_requests_without_faulting_their_pages_in_again() -> None:
     """A process in the default mode returns its 4 MiB after every "request" and faults it back in; one
-    that keeps its heap does not, and gives it back when asked (the serve process's periodic trim)."""
+    that keeps its heap does not, and still gives it back when asked (``trim``)."""
 
     def run(mode: str) -> tuple[int, int]:
         out = subprocess.run([sys.executable, "-c", KEEP_SCRIPT, mode], capture_output=True, text=True, check=True)
