@@ -3,7 +3,9 @@
 (every hand-over wakes the export process and the receiver on a box the requests share: at 50 ms the proxy
 served 15–18 % fewer requests, ``BENCHMARKS.md``, sidecar).
 
-The proxy's event loop only appends span records (``tracer.encode_record``, or Zipkin dicts) to a list; at each
+The proxy's event loop only appends span records (``tracer.encode_record``, or Zipkin dicts) to a list, the
+fields of OTLP records one after another: a tuple kept per span would be an object the garbage collector
+counts and walks until the flush (a young-generation collection every ~760 requests under load). At each
 flush the list goes, marshalled a slice per turn of the loop, down a pipe to an export process of its own
 (``main`` below, in a child Python), which encodes the OTLP or Zipkin request and sends it. A thread
 would share the interpreter lock with the request path, and encoding and sending cost more than proxying
@@ -35,7 +37,7 @@ import orjson
 from meshtrace import heap
 from meshtrace.mesh.proxy import spanwire
 from meshtrace.mesh.proxy.config import Provider
-from meshtrace.mesh.proxy.tracer import encode_record
+from meshtrace.mesh.proxy.tracer import RECORD_FIELDS, encode_record
 
 log = logging.getLogger("meshtrace.proxy.export")
 
@@ -62,6 +64,8 @@ class Exporter:
 
     def __init__(self, provider: Provider, resource: list[tuple[str, str]]) -> None:
         self.provider = provider
+        # Items per span in the buffer: an OTLP record's fields, flattened, or a Zipkin span (a dict).
+        self._width = 1 if provider.kind == "zipkin" else RECORD_FIELDS
         self._buffer: list[Any] = []
         self._backlog = bytearray()
         self._dropped = 0
@@ -96,7 +100,8 @@ class Exporter:
         self._handed = 0
         self._gone = False
         self._backlog.clear()
-        self._send_frame(marshal.dumps({"provider": dataclasses.asdict(self.provider), "resource": self._resource}))
+        setup = {"provider": dataclasses.asdict(self.provider), "resource": self._resource, "width": self._width}
+        self._send_frame(marshal.dumps(setup))
         os.set_blocking(self._stdin, False)
         os.set_blocking(self._stdout, False)
         self._loop.add_reader(self._stdout, self._read_stats)
@@ -111,7 +116,7 @@ class Exporter:
         }
         # Buffered here, or handed over and not yet reported sent or dropped.
         settled = child.get("spans_sent", 0) + child.get("spans_dropped", 0)
-        out["spans_pending"] = len(self._buffer) + (0 if self._gone else max(0, self._handed - settled))
+        out["spans_pending"] = self._spans(len(self._buffer)) + (0 if self._gone else max(0, self._handed - settled))
         return out
 
     @property
@@ -120,12 +125,20 @@ class Exporter:
 
     def add(self, record: Any) -> None:
         buffer = self._buffer
-        if len(buffer) >= MAX_BUFFERED:
+        width = self._width
+        if len(buffer) >= MAX_BUFFERED * width:
             self._dropped += 1
             return
-        buffer.append(record)
-        if len(buffer) == MIN_FLUSH_SPANS:
+        if width == 1:
+            buffer.append(record)
+        else:
+            buffer += record
+        if len(buffer) == MIN_FLUSH_SPANS * width:
             self._schedule(self._last_flush + MIN_EXPORT_INTERVAL - time.monotonic())
+
+    def _spans(self, items: int) -> int:
+        """Spans in ``items`` items of the buffer."""
+        return items // self._width
 
     def _schedule(self, delay: float) -> None:
         when = self._loop.time() + max(0.0, delay)
@@ -148,14 +161,14 @@ class Exporter:
             log.info("starting a new export process for %s", self.provider.name)
             self._start_child()
         if self._gone and self._buffer:
-            self._dropped += len(self._buffer)
+            self._dropped += self._spans(len(self._buffer))
             self._buffer = []
         if self._buffer and not self._closed:
             batch, self._buffer = self._buffer, []
             if len(self._backlog) > MAX_PIPE_BACKLOG:
-                self._dropped += len(batch)  # the export process does not keep up
+                self._dropped += self._spans(len(batch))  # the export process does not keep up
             else:
-                self._handed += len(batch)
+                self._handed += self._spans(len(batch))
                 if self._handing:
                     self._handing += batch
                 else:
@@ -170,7 +183,7 @@ class Exporter:
         records, at = self._handing, self._handing_at
         if not records or self._gone:
             return
-        end = at + MAX_BATCH
+        end = at + MAX_BATCH * self._width
         self._handing_at = end
         if end >= len(records):
             self._handing = []
@@ -212,7 +225,7 @@ class Exporter:
             self._loop.remove_writer(self._stdin)
             self._writing = False
         self._drained.set()
-        self._dropped += max(0, len(self._handing) - self._handing_at)
+        self._dropped += self._spans(max(0, len(self._handing) - self._handing_at))
         self._handing = []
         self._read_stats()
         if self._reading:
@@ -372,8 +385,11 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
         return 1
     config = marshal.loads(setup)  # noqa: S302 - frames come from the parent proxy over a private pipe
     sender = Sender(Provider.from_json(config["provider"]), [tuple(p) for p in config["resource"]])
+    width = int(config["width"])
     while (frame := _read_frame(stdin)) is not None:
         batch = marshal.loads(frame)  # noqa: S302 - as above
+        if width > 1:
+            batch = list(zip(*[iter(batch)] * width, strict=True))  # the flattened records, whole again
         for start in range(0, len(batch), MAX_BATCH):
             if not sender.send(batch[start : start + MAX_BATCH]) and sender.last_error:
                 time.sleep(min(FAILURE_PAUSE, sender.provider.timeout))

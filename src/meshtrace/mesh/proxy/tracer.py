@@ -591,6 +591,10 @@ def _chunk(key: tuple[Any, ...], tags: list[bytes]) -> bytes:
     return encoded
 
 
+# The fields of a span record (``SideTracer._finish``), as ``encode_record`` unpacks them.
+RECORD_FIELDS: Final = 24
+
+
 def encode_record(record: tuple[Any, ...]) -> bytes:
     """The OTLP ``Span`` of a record from ``SideTracer.finish``: tags in Envoy's order (``setCommonTags``
     last). Runs in the export process, off the request path. The tags between the fresh ones (request id,
