@@ -59,13 +59,17 @@ _EXPORT_PATH: Final = "/opentelemetry.proto.collector.trace.v1.TraceService/Expo
 _CHILD: Final = "from meshtrace.mesh.proxy.export import main; raise SystemExit(main())"
 
 
+def _width(provider: Provider) -> int:
+    """Items per span in the proxy's buffer: an OTLP record's fields, flattened, or a Zipkin span (a dict)."""
+    return 1 if provider.kind == "zipkin" else RECORD_FIELDS
+
+
 class Exporter:
     """The proxy's side: buffers finished spans and hands them to the export process."""
 
     def __init__(self, provider: Provider, resource: list[tuple[str, str]]) -> None:
         self.provider = provider
-        # Items per span in the buffer: an OTLP record's fields, flattened, or a Zipkin span (a dict).
-        self._width = 1 if provider.kind == "zipkin" else RECORD_FIELDS
+        self._width = _width(provider)
         self._buffer: list[Any] = []
         self._backlog = bytearray()
         self._dropped = 0
@@ -100,8 +104,7 @@ class Exporter:
         self._handed = 0
         self._gone = False
         self._backlog.clear()
-        setup = {"provider": dataclasses.asdict(self.provider), "resource": self._resource, "width": self._width}
-        self._send_frame(marshal.dumps(setup))
+        self._send_frame(marshal.dumps({"provider": dataclasses.asdict(self.provider), "resource": self._resource}))
         os.set_blocking(self._stdin, False)
         os.set_blocking(self._stdout, False)
         self._loop.add_reader(self._stdout, self._read_stats)
@@ -385,7 +388,7 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
         return 1
     config = marshal.loads(setup)  # noqa: S302 - frames come from the parent proxy over a private pipe
     sender = Sender(Provider.from_json(config["provider"]), [tuple(p) for p in config["resource"]])
-    width = int(config["width"])
+    width = _width(sender.provider)
     while (frame := _read_frame(stdin)) is not None:
         batch = marshal.loads(frame)  # noqa: S302 - as above
         if width > 1:
