@@ -16,8 +16,10 @@ and sidecars are in a pod: the app, the one-hop nginx and each nginx of the chai
 instances of 1 worker, so every hop crosses processes for nginx as for meshtrace, and each proxy's CPU is
 its own (not the app's). Throughput: ``wrk -t1 -c16`` over both CPUs;
 latency per hop: ``wrk -t1 -c1`` with every process pinned to CPU 0 (cross-CPU wake-ups in a VM would
-otherwise dominate), (p50 of the config − p50 of direct) ÷ hops. Rounds rotate the order; medians are
-reported. Prints one JSON object.
+otherwise dominate), (p50 of the config − p50 of direct) ÷ hops. During each throughput run, from
+``/proc``: the busiest proxy's share of the time on a CPU and runnable but waiting for one, and the idle
+CPUs (``idle_cpus``), which tell a proxy bound by its own cost from one held up by scheduling. Rounds
+rotate the order; medians are reported. Prints one JSON object.
 
     .venv/bin/python benchmarks/sidecar.py [--seconds 10] [--rounds 3]
 """
@@ -279,6 +281,30 @@ def cpu(pids: list[int]) -> float:
     return sum(process_stat(pid)[0] for pid in pids)
 
 
+def schedstat(pid: int) -> tuple[int, int]:
+    """(ns on a CPU, ns runnable but waiting for one) of a process's main thread, the proxy's event loop."""
+    on_cpu, waiting, _ = Path(f"/proc/{pid}/schedstat").read_text().split()
+    return int(on_cpu), int(waiting)
+
+
+def idle_cpu_seconds() -> float:
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
+
+
+def scheduling(pids: list[int], before: dict[int, tuple[int, int]], idle: float, seconds: float) -> dict[str, float]:
+    """Where the time went during a load run: the busiest proxy's share of it on a CPU and runnable but
+    waiting, and the CPUs left idle. A proxy near 100 % on a CPU is what bounds the run; one that waits
+    while CPUs idle is held up by where the scheduler put it, not by its own cost."""
+    out = {"idle_cpus": round((idle_cpu_seconds() - idle) / seconds, 2)}
+    if pids:
+        deltas = [(now[0] - then[0], now[1] - then[1]) for now, then in ((schedstat(p), before[p]) for p in pids)]
+        on_cpu, waiting = max(deltas)
+        out["proxy_on_cpu_pct"] = round(on_cpu / seconds / 1e7, 1)
+        out["proxy_waiting_pct"] = round(waiting / seconds / 1e7, 1)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="Length of each wrk run.")
@@ -326,9 +352,12 @@ def main() -> None:
             for round_ in range(args.rounds):
                 for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
                     url, hops, host = targets[name]
-                    before = cpu(pids.get(name, []))
+                    proxies = pids.get(name, [])
+                    before, sched, idle = cpu(proxies), {p: schedstat(p) for p in proxies}, idle_cpu_seconds()
+                    started = time.monotonic()
                     load = wrk(url, host, 16, args.seconds, script)
-                    used = cpu(pids.get(name, [])) - before
+                    where = scheduling(proxies, sched, idle, time.monotonic() - started)
+                    used = cpu(proxies) - before
                     pin(ours, {0})  # one connection: the cost per hop, without cross-CPU wake-ups
                     latency = wrk(url, host, 1, args.seconds, script)
                     pin(ours, every_cpu)
@@ -342,6 +371,7 @@ def main() -> None:
                             "p50_c1": latency["p50"],
                             "p99_c1": latency["p99"],
                             "cpu_us_per_req_hop": used / max(1, load["requests"]) / max(1, hops) * 1e6,
+                            **where,
                         }
                     )
                     print(f"round {round_ + 1}: {name}: {runs[name][-1]['rps']:.0f} req/s", file=sys.stderr)
