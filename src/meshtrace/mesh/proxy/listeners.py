@@ -18,7 +18,7 @@ import orjson
 
 from meshtrace.mesh.proxy import spanwire
 from meshtrace.mesh.proxy.config import Cluster, Inbound, ProxyConfig, Route, VirtualHost
-from meshtrace.mesh.proxy.http1 import Exchange
+from meshtrace.mesh.proxy.http1 import Exchange, Handler
 from meshtrace.mesh.proxy.tracer import Finished, SideTracer, Span, new_request_id
 
 _B3: Final = frozenset((b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags", b"b3"))
@@ -168,7 +168,7 @@ def _finished(exchange: Exchange, note: _Note, peer: str) -> Finished:
     )
 
 
-class InboundListener:
+class InboundListener(Handler):
     """Requests to the pod: a SERVER span (named by the caller's decorator header), then the app."""
 
     def __init__(self, holder: Holder, port: int) -> None:
@@ -223,7 +223,7 @@ class InboundListener:
             note.tracer.finish(span, _finished(exchange, note, exchange.down.peer))
 
 
-class OutboundListener:
+class OutboundListener(Handler):
     """Requests from the pod's app (an HTTP proxy for it): service names resolved through the mesh
     registry, a CLIENT span named by the route decorator, endpoints in round robin."""
 
@@ -273,7 +273,7 @@ class OutboundListener:
             note.tracer.finish(span, _finished(exchange, note, self.holder.state.config.node.pod_ip))
 
 
-class GatewayListener:
+class GatewayListener(Handler):
     """The ingress gateway: Gateway + VirtualService routes; a SERVER span and, as Envoy does for
     gateways since Istio 1.28, a CLIENT child span per upstream request."""
 
@@ -424,7 +424,7 @@ def _domain_matches(domain: str, host: str, bare: str) -> bool:
     return domain in (host, bare)
 
 
-class AdminListener:
+class AdminListener(Handler):
     """The proxy's admin and status ports: ``/ready``, ``/healthz/ready``, ``/stats``, ``/config_dump``,
     ``/quitquitquit`` (ask the proxy to exit, as Istio's agent does)."""
 
