@@ -17,6 +17,9 @@ from typing import Any, Final
 
 import httptools
 
+from meshtrace.mesh.proxy.config import Cluster
+from meshtrace.mesh.proxy.tracer import Note, Span
+
 log = logging.getLogger("meshtrace.proxy")
 
 MAX_REQUEST_BODY: Final = 32 * 1024 * 1024
@@ -194,12 +197,13 @@ class Exchange:
         self.lines: list[bytes] = []
         self.headers: dict[bytes, bytes] = {}
         self.body = b""
-        self.cluster: Any = None
+        # Typed, not Any: the compiled listeners then read them (and call the tracer) as C, not as Python.
+        self.cluster: Cluster | None = None
         self.endpoint = ""
         self.upstream_head = b""
-        self.span: Any = None
-        self.upstream_span: Any = None
-        self.note: Any = None
+        self.span: Span | None = None
+        self.upstream_span: Span | None = None
+        self.note: Note | None = None
         self.status = 0
         self.flags = "-"
         self.response_bytes = 0

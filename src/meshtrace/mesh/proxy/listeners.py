@@ -19,7 +19,7 @@ import orjson
 from meshtrace.mesh.proxy import spanwire
 from meshtrace.mesh.proxy.config import Cluster, Inbound, ProxyConfig, Route, VirtualHost
 from meshtrace.mesh.proxy.http1 import Exchange, Handler
-from meshtrace.mesh.proxy.tracer import Finished, SideTracer, Span, new_request_id
+from meshtrace.mesh.proxy.tracer import Finished, Note, SideTracer, Span, new_request_id
 
 _B3: Final = frozenset((b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled", b"x-b3-flags", b"b3"))
 _W3C: Final = frozenset((b"traceparent", b"tracestate"))
@@ -135,19 +135,7 @@ def _url(exchange: Exchange, host: bytes, path: bytes, max_length: int) -> str:
     return b"".join((proto, b"://", host, path[:max_length])).decode("latin-1")
 
 
-class _Note:
-    """What ``complete`` needs to tag the spans of an exchange."""
-
-    __slots__ = ("host", "path", "request_id", "tracer")
-
-    def __init__(self, tracer: SideTracer, request_id: str, host: bytes, path: bytes) -> None:
-        self.tracer = tracer
-        self.request_id = request_id
-        self.host = host
-        self.path = path
-
-
-def _finished(exchange: Exchange, note: _Note, peer: str) -> Finished:
+def _finished(exchange: Exchange, note: Note, peer: str) -> Finished:
     headers = exchange.headers
     user_agent = headers.get(b"user-agent")
     client_trace = headers.get(b"x-client-trace-id")
@@ -208,7 +196,7 @@ class InboundListener(Handler):
             operation = headers.pop(b"x-envoy-decorator-operation", None)
             name = operation.decode("latin-1") if operation else inbound.decorator
             span = tracer.start(headers, request_id, spanwire.SERVER, name)
-            exchange.note = _Note(tracer, request_id, host, path)
+            exchange.note = Note(tracer, request_id, host, path)
         exchange.span = span
         exchange.cluster = cluster
         extra = _trace_headers(exchange, tracer, span)
@@ -255,7 +243,7 @@ class OutboundListener(Handler):
         extra = b""
         if self.traced and tracer.enabled:
             span = tracer.start(headers, request_id, spanwire.CLIENT, decorator)
-            exchange.note = _Note(tracer, request_id, host_bytes, path)
+            exchange.note = Note(tracer, request_id, host_bytes, path)
             if span is not None:
                 extra = b"x-envoy-decorator-operation: " + decorator.encode() + b"\r\n"
         exchange.span = span
@@ -340,7 +328,7 @@ class GatewayListener(Handler):
         if tracer.enabled:
             # Gateways spawn an upstream span, so Envoy makes the downstream span a SERVER span.
             span = tracer.start(headers, request_id, spanwire.SERVER, name)
-            exchange.note = _Note(tracer, request_id, host_bytes, path)
+            exchange.note = Note(tracer, request_id, host_bytes, path)
         exchange.span = span
         if route is None:
             exchange.local_reply(404, "", "NR")

@@ -274,6 +274,18 @@ class Finished:
         self.headers = headers
 
 
+class Note:
+    """What a listener's ``complete`` needs to tag the spans of an exchange (kept on the exchange)."""
+
+    __slots__ = ("host", "path", "request_id", "tracer")
+
+    def __init__(self, tracer: SideTracer, request_id: str, host: bytes, path: bytes) -> None:
+        self.tracer = tracer
+        self.request_id = request_id
+        self.host = host
+        self.path = path
+
+
 _KEYS: Final = {
     k: spanwire.attribute_key(k)
     for k in (
