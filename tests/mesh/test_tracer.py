@@ -283,3 +283,27 @@ def test_spans_sharing_tags_keep_their_own_fresh_ones():
         assert attrs["peer.address"] == "10.0.0.1:5000"
         assert attrs["response_size"] == "48"
     assert len({bytes(s.span_id) for s in decoded}) == 4
+
+
+@pytest.mark.parametrize("bits64", [False, True])
+def test_a_zipkin_trace_started_here_has_a_64_or_128_bit_id_as_the_provider_says(bits64: bool) -> None:
+    provider = Provider("zipkin", "zipkin", "z.o.svc.cluster.local", 9411, ("127.0.0.1:9411",), trace_id_64bit=bits64)
+    out: list[object] = []
+    t = SideTracer(TracingSpec(provider, 100.0), NODE, out.append)
+    ids = set()
+    for _ in range(200):
+        span = t.start({}, t.fresh_request_id({}), spanwire.SERVER, "svc:9080/*")
+        assert span is not None
+        assert len(span.trace_id) == 32
+        head = t.inject(span).decode()
+        sent = head.split("x-b3-traceid: ", 1)[1].split("\r\n", 1)[0]
+        if bits64:
+            assert span.trace_id[:16] == b"0" * 16  # kept as 128 bits, like a padded B3 id
+            assert len(sent) == 16
+            assert sent == span.trace_id[16:].decode()
+        else:
+            assert span.trace_id[:16] != b"0" * 16
+            assert sent == span.trace_id.decode()
+        assert span.trace_id[16:] != b"0" * 16
+        ids.add(span.trace_id)
+    assert len(ids) == 200

@@ -400,8 +400,11 @@ class SideTracer:
                     return None  # Envoy: an invalid traceparent gives a null span
                 state = headers.get(b"tracestate", b"").decode("latin-1")
                 return Span(context[0], _new_id(16), context[1], context[2], kind, name, state)
-        trace_id = _new_id(16 if self.zipkin and self.spec and self.spec.provider.trace_id_64bit else 32)
-        return Span(trace_id.rjust(32, b"0"), _new_id(16), b"", local, kind, name, "")
+        if self.zipkin and self.spec and self.spec.provider.trace_id_64bit:
+            trace_id = _ZERO16 + _new_id(16)  # 64 random bits, kept as 128 like a padded B3 id
+        else:
+            trace_id = _new_id(32)
+        return Span(trace_id, _new_id(16), b"", local, kind, name, "")
 
     def child(self, parent: Span, name: str) -> Span:
         """The gateway's upstream span (Envoy's ``spawn_upstream_span``)."""
