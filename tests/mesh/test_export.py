@@ -1,12 +1,16 @@
-"""The proxy's span hand-over to its export process: waiting spans are no objects for the garbage collector,
-a flush under load must not stall the event loop, and closing must deliver everything the flush took (a real
-export process and a real OTLP/gRPC receiver)."""
+"""The proxy's span hand-over to its export process: waiting spans are marshalled chunks, not objects for
+the garbage collector, a flush under load must not stall the event loop, and closing must deliver everything
+the flush took (a real export process and a real OTLP/gRPC receiver)."""
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import gc
 import marshal
+import os
+import signal
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,7 +24,7 @@ from meshtrace.mesh.proxy.tracer import RECORD_FIELDS, Finished
 
 from .test_tracer import NODE, tracer
 
-SPANS = 2 * MAX_BATCH + MAX_BATCH // 2
+SPANS = 2 * MAX_BATCH + MAX_BATCH // 2 + export.CHUNK // 2  # three frames, the last chunk partial
 
 
 def _record() -> Any:
@@ -61,15 +65,15 @@ async def _exported(exporter: Exporter, exports: list[int], spans: int) -> None:
 
 
 @pytest.mark.parametrize("close_at_once", [False, True])
-def test_a_large_flush_is_handed_over_a_slice_per_turn_and_close_delivers_all(
+def test_records_are_marshalled_as_chunks_and_a_flush_is_handed_over_a_frame_per_turn(
     monkeypatch: pytest.MonkeyPatch, close_at_once: bool
 ) -> None:
-    frames: list[int] = []
+    marshalled: list[int] = []
     dumps = marshal.dumps
 
     def counting(value: Any, *args: Any) -> bytes:
         if isinstance(value, list):
-            frames.append(len(value))
+            marshalled.append(len(value))
         return dumps(value, *args)
 
     monkeypatch.setattr(marshal, "dumps", counting)
@@ -79,6 +83,14 @@ def test_a_large_flush_is_handed_over_a_slice_per_turn_and_close_delivers_all(
         server, port, exports = await _sink()
         provider = Provider("otel", "opentelemetry", "sink.test.svc.cluster.local", 4317, (f"127.0.0.1:{port}",))
         exporter = Exporter(provider, [("service.name", NODE.canonical_service)])
+        written: list[int] = []
+        writev = os.writev
+
+        def counting_writev(fd: int, buffers: Any) -> int:
+            if fd == exporter._stdin:
+                written.append(len(buffers))
+            return writev(fd, buffers)
+
         try:
             record = _record()
             gc.disable()
@@ -86,27 +98,82 @@ def test_a_large_flush_is_handed_over_a_slice_per_turn_and_close_delivers_all(
                 before = gc.get_count()[0]
                 for _ in range(SPANS):
                     exporter.add((*record,))  # a new tuple per span, as the tracer makes them
-                # The collector counts the objects made and still alive: kept per span, the records would
-                # count, and the young-generation collections they set off would walk them.
+                # The collector counts the objects made and still alive: kept per span until the flush, the
+                # records would count, and the young-generation collections they set off would walk them.
                 alive = gc.get_count()[0] - before
             finally:
                 gc.enable()
             assert alive < 100, alive
-            frames.clear()
+            assert marshalled == [export.CHUNK * RECORD_FIELDS] * (SPANS // export.CHUNK), "sealed as they come"
+            monkeypatch.setattr(os, "writev", counting_writev)
             exporter.flush()
-            assert frames == [MAX_BATCH * RECORD_FIELDS], "a flush marshals one slice before it returns"
+            assert marshalled[-1] == SPANS % export.CHUNK * RECORD_FIELDS, "the flush seals the rest"
+            assert len(written) == 1, "a flush writes one frame before it returns"
             assert exporter.stats["spans_pending"] == SPANS
             if close_at_once:
                 await exporter.close()
             else:
                 for _ in range(3):
                     await asyncio.sleep(0)
-            assert frames == [n * RECORD_FIELDS for n in (MAX_BATCH, MAX_BATCH, MAX_BATCH // 2)]
+            assert len(written) == 3, written
             await _exported(exporter, exports, SPANS)
-            assert sorted(exports) == sorted([MAX_BATCH, MAX_BATCH, MAX_BATCH // 2])
+            assert sorted(exports) == sorted([MAX_BATCH, MAX_BATCH, SPANS - 2 * MAX_BATCH])
             assert exporter.stats["spans_pending"] == 0
             assert exporter.stats["spans_dropped"] == 0
         finally:
+            monkeypatch.setattr(os, "writev", writev)
+            await exporter.close()
+            await server.stop(None)
+
+    asyncio.run(scenario())
+
+
+def test_the_pipe_to_the_export_process_takes_a_whole_frame_in_one_write() -> None:
+    """Through the default 64 KiB pipe a 1,000-span frame went in three writes or more, waking the export
+    process for each piece and the proxy's loop again for the next."""
+    limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    frame = len(marshal.dumps([*_record()] * MAX_BATCH))
+
+    async def scenario() -> None:
+        provider = Provider("otel", "opentelemetry", "sink.test.svc.cluster.local", 4317, ())
+        exporter = Exporter(provider, [("service.name", NODE.canonical_service)])
+        try:
+            size = fcntl.fcntl(exporter._stdin, fcntl.F_GETPIPE_SZ)
+        finally:
+            await exporter.close()
+        assert size == min(export.PIPE_SIZE, limit)
+        assert size >= frame or limit < frame, (size, frame)
+
+    asyncio.run(scenario())
+
+
+def test_behind_a_stalled_export_process_frames_wait_whole_and_all_arrive_once_it_reads() -> None:
+    """The pipe fills, the rest of the flush waits in the proxy frame by frame (appending to one buffer
+    copied all of it again every few frames), and partial writes resume where they stopped."""
+    spans = 24 * MAX_BATCH  # ~2.9 MB of frames (~120 KB each), near three times what the pipe holds
+
+    async def scenario() -> None:
+        server, port, exports = await _sink()
+        provider = Provider("otel", "opentelemetry", "sink.test.svc.cluster.local", 4317, (f"127.0.0.1:{port}",))
+        exporter = Exporter(provider, [("service.name", NODE.canonical_service)])
+        os.kill(exporter._proc.pid, signal.SIGSTOP)
+        try:
+            record = _record()
+            for _ in range(spans):
+                exporter.add((*record,))
+            exporter.flush()
+            for _ in range(20):
+                await asyncio.sleep(0)
+            assert len(exporter._backlog) > 2, "the frames the pipe could not take wait whole"
+            assert exporter._backlog_size > 2 * fcntl.fcntl(exporter._stdin, fcntl.F_GETPIPE_SZ) / 3
+            assert exporter.stats["spans_pending"] == spans
+            os.kill(exporter._proc.pid, signal.SIGCONT)
+            await _exported(exporter, exports, spans)
+            assert exports == [MAX_BATCH] * 24
+            assert exporter.stats["spans_dropped"] == 0
+            assert exporter._backlog_size == 0
+        finally:
+            os.kill(exporter._proc.pid, signal.SIGCONT)
             await exporter.close()
             await server.stop(None)
 

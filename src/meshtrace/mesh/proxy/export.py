@@ -4,22 +4,27 @@
 served 15–18 % fewer requests, ``BENCHMARKS.md``, sidecar).
 
 The proxy's event loop only appends span records (``tracer.encode_record``, or Zipkin dicts) to a list, the
-fields of OTLP records one after another: a tuple kept per span would be an object the garbage collector
-counts and walks until the flush (a young-generation collection every ~760 requests under load). At each
-flush the list goes, marshalled a slice per turn of the loop, down a pipe to an export process of its own
-(``main`` below, in a child Python), which encodes the OTLP or Zipkin request and sends it. A thread
-would share the interpreter lock with the request path, and encoding and sending cost more than proxying
-the request itself (``BENCHMARKS.md``, sidecar). Failed exports are dropped and counted, as Envoy does;
-what waits for the export process is bounded. The export process runs at a lower priority (nice 10), so
-that on a shared core requests go first, and ignores SIGTERM (the pod's signal): it
-sends what it was given and exits when the proxy closes the pipe, or dies with it.
+fields of OTLP records one after another, and marshals the list into a chunk of bytes every ``CHUNK`` spans:
+records kept as objects until the flush were ~10 MB of them to allocate, walk and free every half second under
+load (as tuples they set off a young-generation collection every ~760 requests; in a flat list the proxy spent
+0.6 µs more per request than now and its p99 under load was 2-3 times as high, ``BENCHMARKS.md``), while a
+chunk's records are freed as soon as they are marshalled, their memory reused still warm. At each flush the
+chunks go down a pipe, a frame of up to ``MAX_BATCH`` spans per turn of the loop, to an export process of its
+own (``main`` below, in a child Python), which encodes the OTLP or Zipkin request and sends it. A thread would
+share the interpreter lock with the request path, and encoding and sending cost more than proxying the request
+itself (``BENCHMARKS.md``, sidecar). Failed exports are dropped and counted, as Envoy does; what waits for the
+export process is bounded. The export process runs at a lower priority (nice 10), so that on a shared core
+requests go first, and ignores SIGTERM (the pod's signal): it sends what it was given and exits when the proxy
+closes the pipe, or dies with it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
+import fcntl
 import itertools
 import json
 import logging
@@ -49,6 +54,14 @@ MAX_PIPE_BACKLOG: Final = 64 << 20
 # Spans per export, ~0.7 MB of OTLP (well under the 4 MiB a Collector accepts by default), and per frame
 # down the pipe: marshalling one takes ~0.4 ms; a whole flush under load (~12,000) stalled requests ~5 ms.
 MAX_BATCH: Final = 1000
+# Spans marshalled together as they finish (~18 KB): large enough that marshal's cost per call is spread,
+# small enough that the records are freed while the memory is still in the CPU's cache.
+CHUNK: Final = 100
+# The pipe to the export process holds whole frames (~185 KB per 1,000 spans): through the default 64 KiB a
+# frame took three writes or more, each waking the export process for a piece and the proxy's loop again to
+# write the next (one hop under load: the proxy on a CPU 80-84 % of the time, 84-86 % with 1 MiB; BENCHMARKS.md).
+PIPE_SIZE: Final = 1 << 20
+_WRITEV_FRAMES: Final = 16
 # The export process gives the core up between slices of a batch it encodes: on a busy core a whole batch
 # otherwise held it for a scheduler slice or more (runs up to 18 ms seen) while requests waited.
 YIELD_EVERY: Final = 100
@@ -71,7 +84,9 @@ class Exporter:
         self.provider = provider
         self._width = _width(provider)
         self._buffer: list[Any] = []
-        self._backlog = bytearray()
+        self._backlog: collections.deque[bytes] = collections.deque()  # frames for the pipe, kept whole
+        self._backlog_size = 0
+        self._written = 0  # of the first frame in the backlog
         self._dropped = 0
         self._child_stats: dict[str, Any] = {}
         self._stats_tail = b""
@@ -84,9 +99,10 @@ class Exporter:
         self._reading = True
         self._resource = resource
         self._earlier: dict[str, int] = {}  # what export processes that are gone had counted
+        self._chunks: list[bytes] = []  # marshalled records, each with its length in front
+        self._chunked = 0  # spans in the chunks
         self._handed = 0  # spans handed to the current export process
-        self._handing: list[Any] = []  # taken from the buffer, not yet marshalled down the pipe
-        self._handing_at = 0
+        self._handing: list[tuple[int, bytes]] = []  # frames a flush made, not yet down the pipe: (spans, frame)
         self._started = 0.0
         self._start_child()
         self._schedule(FLUSH_INTERVAL)
@@ -99,12 +115,15 @@ class Exporter:
         # The file objects own the descriptors (closing those, not the numbers, avoids a double close).
         self._files = (self._proc.stdin, self._proc.stdout)
         self._stdin, self._stdout = self._proc.stdin.fileno(), self._proc.stdout.fileno()
+        with contextlib.suppress(OSError):  # above the system's limit (fs.pipe-max-size): the default stays
+            fcntl.fcntl(self._stdin, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         self._child_stats = {}
         self._stats_tail = b""
         self._handed = 0
         self._gone = False
-        self._backlog.clear()
-        self._send_frame(marshal.dumps({"provider": dataclasses.asdict(self.provider), "resource": self._resource}))
+        self._clear_backlog()
+        setup = marshal.dumps({"provider": dataclasses.asdict(self.provider), "resource": self._resource})
+        self._send_frame(_FRAME.pack(len(setup)) + setup)
         os.set_blocking(self._stdin, False)
         os.set_blocking(self._stdout, False)
         self._loop.add_reader(self._stdout, self._read_stats)
@@ -119,7 +138,8 @@ class Exporter:
         }
         # Buffered here, or handed over and not yet reported sent or dropped.
         settled = child.get("spans_sent", 0) + child.get("spans_dropped", 0)
-        out["spans_pending"] = self._spans(len(self._buffer)) + (0 if self._gone else max(0, self._handed - settled))
+        waiting = self._spans(len(self._buffer)) + self._chunked
+        out["spans_pending"] = waiting + (0 if self._gone else max(0, self._handed - settled))
         return out
 
     @property
@@ -127,17 +147,27 @@ class Exporter:
         return str(self._child_stats.get("last_error", ""))
 
     def add(self, record: Any) -> None:
-        buffer = self._buffer
-        width = self._width
-        if len(buffer) >= MAX_BUFFERED * width:
+        if self._chunked >= MAX_BUFFERED:
             self._dropped += 1
             return
+        buffer = self._buffer
+        width = self._width
         if width == 1:
             buffer.append(record)
         else:
             buffer += record
-        if len(buffer) == MIN_FLUSH_SPANS * width:
+        size = len(buffer)
+        if size == MIN_FLUSH_SPANS * width and not self._chunked:
             self._schedule(self._last_flush + MIN_EXPORT_INTERVAL - time.monotonic())
+        if size == CHUNK * width:
+            self._seal()
+
+    def _seal(self) -> None:
+        """The buffer's records into a chunk; the list is kept (and its memory with it) for the next ones."""
+        chunk = marshal.dumps(self._buffer)
+        self._chunks.append(_FRAME.pack(len(chunk)) + chunk)
+        self._chunked += self._spans(len(self._buffer))
+        self._buffer.clear()
 
     def _spans(self, items: int) -> int:
         """Spans in ``items`` items of the buffer."""
@@ -163,60 +193,76 @@ class Exporter:
         if self._gone and not self._closed and self._last_flush - self._started >= FAILURE_PAUSE:
             log.info("starting a new export process for %s", self.provider.name)
             self._start_child()
-        if self._gone and self._buffer:
-            self._dropped += self._spans(len(self._buffer))
-            self._buffer = []
         if self._buffer and not self._closed:
-            batch, self._buffer = self._buffer, []
-            if len(self._backlog) > MAX_PIPE_BACKLOG:
-                self._dropped += self._spans(len(batch))  # the export process does not keep up
+            self._seal()
+        if self._chunks and not self._closed:
+            chunks, spans = self._chunks, self._chunked
+            self._chunks, self._chunked = [], 0
+            if self._gone or self._backlog_size > MAX_PIPE_BACKLOG:
+                self._dropped += spans  # no export process, or it does not keep up
             else:
-                self._handed += self._spans(len(batch))
-                if self._handing:
-                    self._handing += batch
-                else:
-                    self._handing, self._handing_at = batch, 0
+                self._handed += spans
+                per_frame = MAX_BATCH // CHUNK
+                handing = not self._handing
+                for at in range(0, len(chunks), per_frame):
+                    group = chunks[at : at + per_frame]
+                    frame = b"".join([_FRAME.pack(sum(len(chunk) for chunk in group)), *group])
+                    self._handing.append((min(spans - at * CHUNK, MAX_BATCH), frame))
+                if handing:
                     self._hand_over()
         if not self._closed:
             self._schedule(FLUSH_INTERVAL)
 
     def _hand_over(self) -> None:
-        """Marshals the next slice of what the flush took down the pipe; the rest on the loop's next turns,
-        so that requests are served in between."""
-        records, at = self._handing, self._handing_at
-        if not records or self._gone:
+        """Writes the next frame the flush made down the pipe; the rest on the loop's next turns, so that
+        requests are served in between (a whole flush under load is ~4 MB to copy)."""
+        if not self._handing or self._gone:
             return
-        end = at + MAX_BATCH * self._width
-        self._handing_at = end
-        if end >= len(records):
-            self._handing = []
-        else:
+        _, frame = self._handing.pop(0)
+        if self._handing:
             self._loop.call_soon(self._hand_over)
-        self._send_frame(marshal.dumps(records[at:end]))
+        self._send_frame(frame)
 
     def _send_frame(self, frame: bytes) -> None:
+        """Queues a frame (its length in front) for the pipe. Frames stay whole objects: behind a slow
+        receiver the backlog grows to tens of MB, and one bytearray appended to was copied whole again every
+        few frames (stalls of 5-26 ms per request seen)."""
         waiting = bool(self._backlog)
-        self._backlog += _FRAME.pack(len(frame))
-        self._backlog += frame
+        self._backlog.append(frame)
+        self._backlog_size += len(frame)
         if not waiting:
             self._write()
 
     def _write(self) -> None:
-        try:
-            written = os.write(self._stdin, self._backlog)
-        except BlockingIOError:
-            written = 0
-        except BrokenPipeError:
-            self._on_child_gone()
-            return
-        del self._backlog[:written]
-        if self._backlog and not self._writing:
+        backlog = self._backlog
+        while backlog:
+            parts: list[bytes | memoryview] = [memoryview(backlog[0])[self._written :]]
+            parts += itertools.islice(backlog, 1, _WRITEV_FRAMES)
+            try:
+                written = os.writev(self._stdin, parts)
+            except BlockingIOError:
+                break
+            except BrokenPipeError:
+                self._on_child_gone()
+                return
+            self._backlog_size -= written
+            written += self._written
+            while backlog and written >= len(backlog[0]):
+                written -= len(backlog.popleft())
+            self._written = written
+            if written:  # the pipe took part of a frame: it is full
+                break
+        if backlog and not self._writing:
             self._loop.add_writer(self._stdin, self._write)
             self._writing = True
         elif not self._backlog and self._writing:
             self._loop.remove_writer(self._stdin)
             self._writing = False
             self._drained.set()
+
+    def _clear_backlog(self) -> None:
+        self._backlog.clear()
+        self._backlog_size = self._written = 0
 
     def _on_child_gone(self) -> None:
         """The export process died under the proxy: what was on its way is lost (counted as dropped);
@@ -228,7 +274,7 @@ class Exporter:
             self._loop.remove_writer(self._stdin)
             self._writing = False
         self._drained.set()
-        self._dropped += self._spans(max(0, len(self._handing) - self._handing_at))
+        self._dropped += sum(spans for spans, _ in self._handing)
         self._handing = []
         self._read_stats()
         if self._reading:
@@ -240,7 +286,7 @@ class Exporter:
         self._child_stats = {}
         if not self._closed:
             log.error("the export process of %s exited (%s)", self.provider.name, self._proc.poll())
-        self._backlog.clear()
+        self._clear_backlog()
         for file in self._files:
             with contextlib.suppress(OSError):
                 file.close()
@@ -390,7 +436,12 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
     sender = Sender(Provider.from_json(config["provider"]), [tuple(p) for p in config["resource"]])
     width = _width(sender.provider)
     while (frame := _read_frame(stdin)) is not None:
-        batch = marshal.loads(frame)  # noqa: S302 - as above
+        batch: list[Any] = []
+        view, at = memoryview(frame), 0
+        while at < len(frame):  # the frame's chunks, each with its length in front
+            (size,) = _FRAME.unpack_from(frame, at)
+            batch += marshal.loads(view[at + _FRAME.size : at + _FRAME.size + size])  # noqa: S302 - as above
+            at += _FRAME.size + size
         if width > 1:
             batch = list(zip(*[iter(batch)] * width, strict=True))  # the flattened records, whole again
         for start in range(0, len(batch), MAX_BATCH):
