@@ -39,20 +39,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_sink() -> tuple[multiprocessing.Process, int, Any]:
-    """A counting sink in a process of its own: (process, gRPC port, shared span counter)."""
+def start_sink(idle: bool = False) -> tuple[multiprocessing.Process, int, Any]:
+    """A counting sink in a process of its own: (process, gRPC port, shared span counter). ``idle``: it runs
+    only on CPU time nothing else wants (SCHED_IDLE), as a Collector on other cores would cost the
+    measured processes nothing."""
     spans = multiprocessing.Value("q", 0)
     port = free_port()
-    sink = multiprocessing.Process(target=run_sink, args=(port, spans), daemon=True)
+    sink = multiprocessing.Process(target=run_sink, args=(port, spans, idle), daemon=True)
     sink.start()
     return sink, port, spans
 
 
-def run_sink(port: int, spans: Any) -> None:
+def run_sink(port: int, spans: Any, idle: bool = False) -> None:
     """A TraceService that counts the spans it is sent (runs in its own process)."""
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
     from meshtrace import heap
+
+    if idle:  # before gRPC starts its threads, which inherit the policy
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
     # A long-running receiver keeps its heap (a Collector's Go runtime does); glibc's default gives the top
     # back after every request, and the next ~1,000-span request faulted ~900 pages in again here.

@@ -10,16 +10,20 @@ Configurations (each behind the same upstream app, loaded by ``wrk``):
   callee's sidecar (inbound, SERVER span) → app.
 
 meshtrace's spans are encoded and exported over OTLP/gRPC to a sink process that decodes and counts them;
-the run checks that every span reached it. The app is nginx returning 1 KiB (a small Python server when
-nginx is not installed; then only ``direct`` is compared). Every role is a process of its own, as containers
-and sidecars are in a pod: the app, the one-hop nginx and each nginx of the chain are separate nginx
-instances of 1 worker, so every hop crosses processes for nginx as for meshtrace, and each proxy's CPU is
-its own (not the app's). Throughput: ``wrk -t1 -c16`` over both CPUs;
-latency per hop: ``wrk -t1 -c1`` with every process pinned to CPU 0 (cross-CPU wake-ups in a VM would
-otherwise dominate), (p50 of the config − p50 of direct) ÷ hops. During each throughput run, from
-``/proc``: the busiest proxy's share of the time on a CPU and runnable but waiting for one, and the idle
-CPUs (``idle_cpus``), which tell a proxy bound by its own cost from one held up by scheduling. Rounds
-rotate the order; medians are reported. Prints one JSON object.
+the run checks that every span reached it. The sink stands for the Collector, which in a cluster runs in a
+pod of its own, on CPU of its own: by default it runs only on CPU time the measured processes leave idle
+(``--sink-priority idle``, SCHED_IDLE, and off the pinned CPU in the latency runs), as nginx's span lines go
+to a log nothing reads. ``normal`` makes it compete with the proxies at full priority, charging meshtrace
+for the Collector's work too. Its CPU per span is reported either way (``sink_cpu_us_per_span``). The app is
+nginx returning 1 KiB (a small Python server when nginx is not installed; then only ``direct`` is compared).
+Every role is a process of its own, as containers and sidecars are in a pod: the app, the one-hop nginx and
+each nginx of the chain are separate nginx instances of 1 worker, so every hop crosses processes for nginx
+as for meshtrace, and each proxy's CPU is its own (not the app's). Throughput: ``wrk -t1 -c16`` over both
+CPUs; latency per hop: ``wrk -t1 -c1`` with every process pinned to CPU 0 (cross-CPU wake-ups in a VM would
+otherwise dominate), (p50 of the config − p50 of direct) ÷ hops. During each throughput run, from ``/proc``:
+the busiest proxy's share of the time on a CPU and runnable but waiting for one, and the idle CPUs
+(``idle_cpus``), which tell a proxy bound by its own cost from one held up by scheduling. Rounds rotate the
+order; medians are reported. Prints one JSON object.
 
     .venv/bin/python benchmarks/sidecar.py [--seconds 10] [--rounds 3]
 """
@@ -317,6 +321,12 @@ def main() -> None:
         help="meshtrace's sampling percentage (100: the seed's Telemetry; Istio's default is 1).",
     )
     parser.add_argument(
+        "--sink-priority",
+        choices=("idle", "normal"),
+        default="idle",
+        help="The span sink (the Collector's stand-in) on idle CPU time only, or competing at full priority.",
+    )
+    parser.add_argument(
         "--configs",
         default="",
         help="Comma-separated configurations to run (e.g. 'meshtrace,nginx'; 'direct' always runs): all by default.",
@@ -325,7 +335,8 @@ def main() -> None:
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: apt-get install wrk (and nginx-light to compare with nginx)")
 
-    sink, sink_port, spans = start_sink()
+    sink, sink_port, spans = start_sink(idle=args.sink_priority == "idle")
+    assert sink.pid is not None
     runs: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="meshtrace-sbench-") as tmp:
         script = Path(tmp) / "report.lua"
@@ -341,7 +352,9 @@ def main() -> None:
                 raise SystemExit(f"unknown --configs {sorted(unknown)}: choose from {sorted(targets)}")
             names = [name for name in targets if not chosen or name in chosen or name == "direct"]
             pids = dict(setup.proxy_pids)
-            ours = [p.pid for p in setup.procs] + ([sink.pid] if sink.pid is not None else [])
+            sink_cpu, received_before = cpu([sink.pid]), spans.value
+            # Pinned for the latency runs; an idle-priority sink stays off that CPU, as a Collector would.
+            ours = [p.pid for p in setup.procs] + ([] if args.sink_priority == "idle" else [sink.pid])
             ours += [child for pid in ours for child in children(pid)]
             every_cpu = os.sched_getaffinity(0)
             for name, masters in setup.nginx_pids.items():
@@ -381,6 +394,8 @@ def main() -> None:
             while spans.value < sent and time.monotonic() < deadline:
                 time.sleep(0.2)
                 sent, dropped = setup.exported()
+            per_span = (cpu([sink.pid]) - sink_cpu) / max(1, spans.value - received_before)
+            args.sink_cpu_us_per_span = round(per_span * 1e6, 2)
         finally:
             setup.stop()
     sink.terminate()
@@ -428,6 +443,8 @@ def report(
         "exported": sent,
         "dropped": dropped,
         "sink_received": received,
+        "sink_priority": args.sink_priority,
+        "sink_cpu_us_per_span": getattr(args, "sink_cpu_us_per_span", None),
     }
     return out
 
