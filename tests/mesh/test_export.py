@@ -5,11 +5,15 @@ the flush took (a real export process and a real OTLP/gRPC receiver)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
 import gc
+import io
+import json
 import marshal
 import os
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +23,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from meshtrace.mesh.proxy import export, spanwire
 from meshtrace.mesh.proxy.config import Cluster, Provider
-from meshtrace.mesh.proxy.export import MAX_BATCH, Exporter
+from meshtrace.mesh.proxy.export import _FRAME, MAX_BATCH, Exporter
 from meshtrace.mesh.proxy.tracer import RECORD_FIELDS, Finished
 
 from .test_tracer import NODE, tracer
@@ -178,3 +182,51 @@ def test_behind_a_stalled_export_process_frames_wait_whole_and_all_arrive_once_i
             await server.stop(None)
 
     asyncio.run(scenario())
+
+
+def test_the_export_process_collects_no_garbage_amid_a_batch() -> None:
+    """A batch's records go with their last reference; young collections amid a batch walked its thousands
+    of live records again and again. ``serve`` runs here, in the test's process, so its collections count."""
+    exports: list[int] = []
+
+    def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
+        message = ExportTraceServiceRequest.FromString(request)
+        exports.append(sum(len(ss.spans) for rs in message.resource_spans for ss in rs.scope_spans))
+        return b""
+
+    server = grpc.server(ThreadPoolExecutor(2))
+    method = grpc.unary_unary_rpc_method_handler(handle)
+    service = "opentelemetry.proto.collector.trace.v1.TraceService"
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {"Export": method}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        provider = Provider("otel", "opentelemetry", "sink.test.svc.cluster.local", 4317, (f"127.0.0.1:{port}",))
+        setup = marshal.dumps({"provider": dataclasses.asdict(provider), "resource": [("service.name", "x")]})
+        pipe = _FRAME.pack(len(setup)) + setup
+        record = list(_record())
+        for frame in range(3):
+            chunks = b""
+            for chunk in range(MAX_BATCH // export.CHUNK):
+                records = []
+                for n in range(export.CHUNK):
+                    record[11] = f"{frame:08x}-{chunk:04x}-4000-8000-{n:012x}"  # a request id of its own
+                    records += record
+                body = marshal.dumps(records)
+                chunks += _FRAME.pack(len(body)) + body
+            pipe += _FRAME.pack(len(chunks)) + chunks
+        out = io.BytesIO()
+        threshold = gc.get_threshold()
+        gc.set_threshold(100)  # a young collection every 100 objects kept: dozens per batch if it may collect
+        before = gc.get_stats()[0]["collections"]
+        try:
+            assert export.serve(io.BytesIO(pipe), out) == 0
+        finally:
+            collections = gc.get_stats()[0]["collections"] - before
+            gc.set_threshold(*threshold)
+            gc.unfreeze()
+    finally:
+        server.stop(None)
+    assert exports == [MAX_BATCH] * 3
+    assert json.loads(out.getvalue().splitlines()[-1])["spans_sent"] == 3 * MAX_BATCH
+    assert collections <= 3, f"{collections} young collections while 3 batches were exported"  # one after each

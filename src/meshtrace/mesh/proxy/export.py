@@ -25,6 +25,7 @@ import collections
 import contextlib
 import dataclasses
 import fcntl
+import gc
 import itertools
 import json
 import logging
@@ -435,22 +436,33 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
     config = marshal.loads(setup)  # noqa: S302 - frames come from the parent proxy over a private pipe
     sender = Sender(Provider.from_json(config["provider"]), [tuple(p) for p in config["resource"]])
     width = _width(sender.provider)
+    gc.freeze()  # start-up's objects, out of every collection's walk
     while (frame := _read_frame(stdin)) is not None:
-        batch: list[Any] = []
-        view, at = memoryview(frame), 0
-        while at < len(frame):  # the frame's chunks, each with its length in front
-            (size,) = _FRAME.unpack_from(frame, at)
-            batch += marshal.loads(view[at + _FRAME.size : at + _FRAME.size + size])  # noqa: S302 - as above
-            at += _FRAME.size + size
-        if width > 1:
-            batch = list(zip(*[iter(batch)] * width, strict=True))  # the flattened records, whole again
-        for start in range(0, len(batch), MAX_BATCH):
-            if not sender.send(batch[start : start + MAX_BATCH]) and sender.last_error:
-                time.sleep(min(FAILURE_PAUSE, sender.provider.timeout))
+        # A batch's records go with their last reference; collections amid one walked its thousands of live
+        # records again and again (14% of the time per span here), so there are none until it is sent.
+        gc.disable()
+        try:
+            _export_frame(sender, frame, width)
+        finally:
+            gc.enable()
         report = {**sender.stats, "last_error": sender.last_error}
         stdout.write(json.dumps(report).encode() + b"\n")
         stdout.flush()
     return 0
+
+
+def _export_frame(sender: Sender, frame: bytes, width: int) -> None:
+    batch: list[Any] = []
+    view, at = memoryview(frame), 0
+    while at < len(frame):  # the frame's chunks, each with its length in front
+        (size,) = _FRAME.unpack_from(frame, at)
+        batch += marshal.loads(view[at + _FRAME.size : at + _FRAME.size + size])  # noqa: S302 - from the proxy, as above
+        at += _FRAME.size + size
+    if width > 1:
+        batch = list(zip(*[iter(batch)] * width, strict=True))  # the flattened records, whole again
+    for start in range(0, len(batch), MAX_BATCH):
+        if not sender.send(batch[start : start + MAX_BATCH]) and sender.last_error:
+            time.sleep(min(FAILURE_PAUSE, sender.provider.timeout))
 
 
 def main() -> int:
