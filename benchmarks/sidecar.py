@@ -12,7 +12,7 @@ Configurations (each behind the same upstream app, loaded by ``wrk``):
 meshtrace's spans are encoded and exported over OTLP/gRPC to a sink process that decodes and counts them;
 the run checks that every span reached it. The sink stands for the Collector, which in a cluster runs in a
 pod of its own, on CPU of its own: by default it runs only on CPU time the measured processes leave idle
-(``--sink-priority idle``, SCHED_IDLE, and off the pinned CPU in the latency runs), as nginx's span lines go
+(``--sink-priority idle``, SCHED_IDLE, and not pinned with them in the latency runs), as nginx's span lines go
 to a log nothing reads. ``normal`` makes it compete with the proxies at full priority, charging meshtrace
 for the Collector's work too. Its CPU per span is reported either way (``sink_cpu_us_per_span``). The app is
 nginx returning 1 KiB (a small Python server when nginx is not installed; then only ``direct`` is compared).
@@ -353,7 +353,7 @@ def main() -> None:
             names = [name for name in targets if not chosen or name in chosen or name == "direct"]
             pids = dict(setup.proxy_pids)
             sink_cpu, received_before = cpu([sink.pid]), spans.value
-            # Pinned for the latency runs; an idle-priority sink stays off that CPU, as a Collector would.
+            # Pinned for the latency runs; an idle-priority sink is not, as a Collector on other cores.
             ours = [p.pid for p in setup.procs] + ([] if args.sink_priority == "idle" else [sink.pid])
             ours += [child for pid in ours for child in children(pid)]
             every_cpu = os.sched_getaffinity(0)

@@ -53,7 +53,7 @@ MIN_EXPORT_INTERVAL: Final = 0.5
 MAX_BUFFERED: Final = 50_000
 MAX_PIPE_BACKLOG: Final = 64 << 20
 # Spans per export, ~0.7 MB of OTLP (well under the 4 MiB a Collector accepts by default), and per frame
-# down the pipe: marshalling one takes ~0.4 ms; a whole flush under load (~12,000) stalled requests ~5 ms.
+# down the pipe, a frame per turn of the loop (a flush under load is ~21,000 spans, ~4 MB).
 MAX_BATCH: Final = 1000
 # Spans marshalled together as they finish (~18 KB): large enough that marshal's cost per call is spread,
 # small enough that the records are freed while the memory is still in the CPU's cache.
@@ -62,7 +62,7 @@ CHUNK: Final = 100
 # frame took three writes or more, each waking the export process for a piece and the proxy's loop again to
 # write the next (one hop under load: the proxy on a CPU 80-84 % of the time, 84-86 % with 1 MiB; BENCHMARKS.md).
 PIPE_SIZE: Final = 1 << 20
-_WRITEV_FRAMES: Final = 16
+_WRITEV_FRAMES: Final = 16  # frames per writev: more than the pipe takes, far below IOV_MAX
 # The export process gives the core up between slices of a batch it encodes: on a busy core a whole batch
 # otherwise held it for a scheduler slice or more (runs up to 18 ms seen) while requests waited.
 YIELD_EVERY: Final = 100
@@ -439,7 +439,7 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
     gc.freeze()  # start-up's objects, out of every collection's walk
     while (frame := _read_frame(stdin)) is not None:
         # A batch's records go with their last reference; collections amid one walked its thousands of live
-        # records again and again (14% of the time per span here), so there are none until it is sent.
+        # records again and again (14% of this process's time per span), so there are none until it is sent.
         gc.disable()
         try:
             _export_frame(sender, frame, width)
