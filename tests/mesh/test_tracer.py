@@ -145,6 +145,9 @@ TRACE, PARENT = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
         (b"ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", None),
         (b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra", None),
         (b"00-xyz7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", None),
+        (b"00-0af7651916cd43dd8448eb211c8031Hc-b7ad6b7169203331-01", None),  # the parser's own class letters
+        (b"00-0af7651916cd43dd8448eb211c8031hc-b7ad6b7169203331-01", None),
+        (b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0G", None),
         (b"garbage", None),
     ],
 )

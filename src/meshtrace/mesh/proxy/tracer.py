@@ -35,6 +35,23 @@ _ID_DIGITS: Final = 2048  # random hex digits cut into span and trace ids per ``
 _IDS_PER_FILL: Final = 64  # request ids formatted per ``os.urandom`` call
 _VARIANT: Final = bytes.maketrans(b"0123456789abcdef", b"89ab89ab89ab89ab")  # RFC 4122's variant, evenly
 _LOWER_HEX_DIGITS: Final = b"0123456789abcdef"
+
+
+def _classes() -> bytes:
+    table = bytearray(b"?" * 256)
+    for digit in _LOWER_HEX_DIGITS:
+        table[digit] = ord("h")
+    for digit in b"ABCDEF":
+        table[digit] = ord("H")
+    table[ord("-")] = ord("-")
+    return bytes(table)
+
+
+# A traceparent's bytes by class (lower-case hex digit, upper-case, dash, anything else), and the shape a
+# valid one has: a translation with a full table is one table lookup per byte, while deleting bytes made
+# CPython build a table for every call (~1,250 instructions per traceparent).
+_TRACEPARENT_CLASSES: Final = _classes()
+_TRACEPARENT_SHAPE: Final = b"hh-" + b"h" * 32 + b"-" + b"h" * 16 + b"-hh"
 _ODD_HEX_DIGITS: Final = frozenset(b"13579bdf")  # the sampled flag is the flags' lowest bit
 _DASH: Final = ord("-")
 _LOWER_F: Final = ord("f")
@@ -140,8 +157,8 @@ def decide(request_id: str, threshold: int, use_request_id: bool, client_trace: 
 
 def parse_traceparent(value: bytes) -> tuple[bytes, bytes, bool] | None:
     """``00-<32 hex>-<16 hex>-<2 hex>`` → (trace id, parent span id, sampled), the ids in lower-case hex;
-    ``None`` if invalid. Checked with one ``translate`` rather than parsing the digits, and indexes rather
-    than slices: this runs on every proxy past the first."""
+    ``None`` if invalid. Checked with one ``translate`` into classes of bytes rather than parsing the digits,
+    and indexes rather than slices: this runs on every proxy past the first."""
     size = len(value)
     if size < 55 or value[2] != _DASH or value[35] != _DASH or value[52] != _DASH:
         return None
@@ -151,9 +168,9 @@ def parse_traceparent(value: bytes) -> tuple[bytes, bytes, bool] | None:
         value = value[:55]
     elif value[0] == value[1] == _LOWER_F:
         return None  # version ff is invalid
-    rest = value.translate(None, _LOWER_HEX_DIGITS)
-    if rest != b"---":  # the three dashes only, or upper-case digits to lower
-        if rest.translate(None, b"ABCDEF") != b"---":
+    shape = value.translate(_TRACEPARENT_CLASSES)
+    if shape != _TRACEPARENT_SHAPE:  # or upper-case digits, made lower
+        if shape.replace(b"H", b"h") != _TRACEPARENT_SHAPE:
             return None
         value = value.lower()
     trace_id, span_id = value[3:35], value[36:52]
