@@ -145,8 +145,10 @@ def test_the_pipe_to_the_export_process_takes_a_whole_frame_in_one_write() -> No
             size = fcntl.fcntl(exporter._stdin, fcntl.F_GETPIPE_SZ)
         finally:
             await exporter.close()
-        assert size == min(export.PIPE_SIZE, limit)
-        assert size >= frame or limit < frame, (size, frame)
+        if limit >= export.PIPE_SIZE:
+            assert size == export.PIPE_SIZE >= frame, (size, frame)
+        else:  # only a privileged process goes past the system's limit; others keep the default
+            assert size in (export.PIPE_SIZE, 64 << 10), size
 
     asyncio.run(scenario())
 
