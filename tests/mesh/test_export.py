@@ -42,13 +42,17 @@ def _record() -> Any:
     return out[0]
 
 
+def _spans_in(request: bytes) -> int:
+    message = ExportTraceServiceRequest.FromString(request)
+    return sum(len(ss.spans) for rs in message.resource_spans for ss in rs.scope_spans)
+
+
 async def _sink() -> tuple[grpc.aio.Server, int, list[int]]:
     """An OTLP/gRPC receiver that records how many spans each export carried."""
     exports: list[int] = []
 
     async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        message = ExportTraceServiceRequest.FromString(request)
-        exports.append(sum(len(ss.spans) for rs in message.resource_spans for ss in rs.scope_spans))
+        exports.append(_spans_in(request))
         return b""
 
     server = grpc.aio.server()
@@ -192,8 +196,7 @@ def test_the_export_process_collects_no_garbage_amid_a_batch() -> None:
     exports: list[int] = []
 
     def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
-        message = ExportTraceServiceRequest.FromString(request)
-        exports.append(sum(len(ss.spans) for rs in message.resource_spans for ss in rs.scope_spans))
+        exports.append(_spans_in(request))
         return b""
 
     server = grpc.server(ThreadPoolExecutor(2))

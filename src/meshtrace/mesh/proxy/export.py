@@ -205,7 +205,7 @@ class Exporter:
                 self._handed += spans
                 per_frame = MAX_BATCH // CHUNK
                 handing = not self._handing
-                for at in range(0, len(chunks), per_frame):
+                for at in range(0, len(chunks), per_frame):  # every chunk but the last is full
                     group = chunks[at : at + per_frame]
                     frame = b"".join([_FRAME.pack(sum(len(chunk) for chunk in group)), *group])
                     self._handing.append((min(spans - at * CHUNK, MAX_BATCH), frame))

@@ -35,26 +35,17 @@ _ID_DIGITS: Final = 2048  # random hex digits cut into span and trace ids per ``
 _IDS_PER_FILL: Final = 64  # request ids formatted per ``os.urandom`` call
 _VARIANT: Final = bytes.maketrans(b"0123456789abcdef", b"89ab89ab89ab89ab")  # RFC 4122's variant, evenly
 _LOWER_HEX_DIGITS: Final = b"0123456789abcdef"
-
-
-def _classes() -> bytes:
-    table = bytearray(b"?" * 256)
-    for digit in _LOWER_HEX_DIGITS:
-        table[digit] = ord("h")
-    for digit in b"ABCDEF":
-        table[digit] = ord("H")
-    table[ord("-")] = ord("-")
-    return bytes(table)
-
-
-# A traceparent's bytes by class (lower-case hex digit, upper-case, dash, anything else), and the shape a
-# valid one has: a translation with a full table is one table lookup per byte, while deleting bytes made
-# CPython build a table for every call (~1,250 instructions per traceparent).
-_TRACEPARENT_CLASSES: Final = _classes()
-_TRACEPARENT_SHAPE: Final = b"hh-" + b"h" * 32 + b"-" + b"h" * 16 + b"-hh"
 _ODD_HEX_DIGITS: Final = frozenset(b"13579bdf")  # the sampled flag is the flags' lowest bit
 _DASH: Final = ord("-")
 _LOWER_F: Final = ord("f")
+# A traceparent's bytes by class (lower-case hex digit h, upper-case H, dash, anything else ?), and the
+# shape a valid one has: a translation with a full table is one table lookup per byte, while deleting bytes
+# made CPython build a table for every call (~1,250 instructions per traceparent).
+_TRACEPARENT_CLASSES: Final = bytes(
+    b"h"[0] if c in _LOWER_HEX_DIGITS else b"H"[0] if c in b"ABCDEF" else c if c == _DASH else b"?"[0]
+    for c in range(256)
+)
+_TRACEPARENT_SHAPE: Final = b"hh-" + b"h" * 32 + b"-" + b"h" * 16 + b"-hh"
 _ZERO16: Final = b"0" * 16
 _ZERO32: Final = b"0" * 32
 
