@@ -432,8 +432,13 @@ def report(
         for ours, theirs in (("meshtrace", "nginx"), ("meshtrace chain", "nginx chain")):
             if ours not in medians or theirs not in medians:
                 continue
+            # A round's pair runs seconds apart, the rounds minutes apart: a ratio per round is less
+            # moved by the host's drift than the ratio of the medians (both are given).
+            by_round = [a["rps"] / b["rps"] for a, b in zip(runs[ours], runs[theirs], strict=True)]
             out[f"{ours} ÷ {theirs}"] = {
                 "rps": round(medians[ours]["rps"] / medians[theirs]["rps"], 2),
+                "rps_by_round": [round(ratio, 2) for ratio in by_round],
+                "rps_median_of_rounds": round(statistics.median(by_round), 2),
                 "added_p50_per_hop": round(
                     medians[ours]["added_p50_us_per_hop"] / max(1.0, medians[theirs]["added_p50_us_per_hop"]), 2
                 ),

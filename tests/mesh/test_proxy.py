@@ -381,6 +381,49 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
+def test_outbound_routes_by_host_header_follow_reloads(tmp_path, backend, apps):
+    """Origin-form requests (an app's own, under Istio's interception) are routed by their Host header; the
+    routes a configuration resolved are not used once another replaces it."""
+    pod = f"127.{BLOCK}.0.7"
+    data = config(backend, 1)
+    path = tmp_path / "proxy.json"
+    proc = start_proxy(path, data, pod)
+
+    def seen(host: str) -> dict[str, Any]:
+        response = httpx.get(f"http://{pod}:15001/where?x=1", headers={"host": host}, trust_env=False)
+        assert response.status_code == 200
+        return dict(response.json())
+
+    try:
+        for _ in range(2):  # the second time from what the first resolved
+            first, second = seen("multi:9080"), seen("multi:9080")
+            assert {first["server"], second["server"]} == set(APPS)
+            assert first["path"] == "/where?x=1"
+            assert first["headers"]["host"] == "multi:9080"
+            assert first["headers"]["x-envoy-decorator-operation"] == "multi.default.svc.cluster.local:9080/*"
+            direct = seen(f"{APPS[1]}:9080")  # not a mesh service: passed through to the address
+            assert direct["server"] == APPS[1]
+            assert direct["headers"]["x-envoy-decorator-operation"] == f"{APPS[1]}:9080/*"
+        # multi now has one endpoint and another name; the application's address becomes a service.
+        data["version"] = 2
+        data["clusters"][1]["endpoints"] = [f"{APPS[0]}:9080"]
+        data["hosts"]["multi:9080"] = [data["clusters"][1]["name"], "renamed:9080/*"]
+        data["hosts"][f"{APPS[1]}:9080"] = [data["clusters"][1]["name"], "by-address:9080/*"]
+        write(path, data)
+        wait_until(lambda: httpx.get(f"http://{pod}:15000/ready").json()["version"] == 2)
+        for _ in range(2):
+            moved = seen("multi:9080")
+            assert moved["server"] == APPS[0]
+            assert moved["headers"]["x-envoy-decorator-operation"] == "renamed:9080/*"
+            direct = seen(f"{APPS[1]}:9080")
+            assert direct["server"] == APPS[0]
+            assert direct["headers"]["x-envoy-decorator-operation"] == "by-address:9080/*"
+        assert httpx.get(f"http://{pod}:15001/", headers={"host": "empty:9080"}, trust_env=False).status_code == 503
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
 def test_sigterm_exports_buffered_spans_and_ends_the_export_process(tmp_path, backend, apps):
     pod = f"127.{BLOCK}.0.5"
     proc = start_proxy(tmp_path / "proxy.json", config(backend, 1), pod)
