@@ -23,7 +23,9 @@ CPUs; latency per hop: ``wrk -t1 -c1`` with every process pinned to CPU 0 (cross
 otherwise dominate), (p50 of the config − p50 of direct) ÷ hops. During each throughput run, from ``/proc``:
 the busiest proxy's share of the time on a CPU and runnable but waiting for one, and the idle CPUs
 (``idle_cpus``), which tell a proxy bound by its own cost from one held up by scheduling. Rounds rotate the
-order; medians are reported. Prints one JSON object.
+order; medians are reported, and meshtrace's req/s over nginx's both as the ratio of the medians and round by
+round (``rps_by_round``, its median ``rps_median_of_rounds``): a round's pair runs seconds apart, so the
+host's drift between rounds moves it less. Prints one JSON object.
 
     .venv/bin/python benchmarks/sidecar.py [--seconds 10] [--rounds 3]
 """
