@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,6 +25,7 @@ import pytest
 
 import meshtrace.mesh.proxy
 from meshtrace.mesh.proxy import export, http1, listeners, spanwire, tracer
+from meshtrace.mesh.proxy.config import ProxyConfig
 from meshtrace.mesh.proxy.native import COMPILED
 from tests.e2e.conftest import TOKENS, ServerProcess, jaeger_trace, token_args, wait_until
 
@@ -422,6 +424,44 @@ def test_outbound_routes_by_host_header_follow_reloads(tmp_path, backend, apps):
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def test_what_listeners_resolve_lives_and_dies_with_its_configuration() -> None:
+    """Routes are kept by the configuration they were resolved in, not by the listeners: after a reload the
+    replaced configuration is garbage at once (the reload's collection finds it), not when each listener
+    next serves a request."""
+    data = config(types.SimpleNamespace(grpc="127.0.0.1:9"), 1)  # type: ignore[arg-type]  # nothing is exported
+
+    def compiled() -> listeners.State:
+        parsed = ProxyConfig.from_json(data)
+        return listeners.State(
+            parsed, tracer.SideTracer(None, parsed.node, None), tracer.SideTracer(None, parsed.node, None)
+        )
+
+    old = compiled()
+    holder = listeners.Holder(old)
+    inbound, outbound = listeners.InboundListener(holder, 9080), listeners.OutboundListener(holder)
+    references = sys.getrefcount(old)
+    found = inbound._inbound(old)
+    assert found is not None
+    assert found[1].name == "inbound|9080||"
+    assert inbound._inbound(old) is found
+    route = outbound._origin_route(old, b"multi:9080")
+    assert route.cluster is not None
+    assert route.cluster.name == "outbound|9080||multi.default.svc.cluster.local"
+    assert route.decorator_line == b"x-envoy-decorator-operation: multi.default.svc.cluster.local:9080/*\r\n"
+    assert outbound._origin_route(old, b"multi:9080") is route
+    passthrough = outbound._origin_route(old, b"203.0.113.7:8080")
+    assert passthrough.cluster is not None
+    assert passthrough.cluster.endpoints == ("203.0.113.7:8080",)
+    assert passthrough.decorator == "203.0.113.7:8080/*"
+    assert sys.getrefcount(old) == references  # no listener holds on to it
+    new = compiled()
+    assert outbound._origin_route(new, b"multi:9080") is not route
+    assert inbound._inbound(new) is not found
+    for n in range(listeners._MAX_ROUTES + 10):  # Host headers a client invents: bounded
+        outbound._origin_route(new, b"h%d:80" % n)
+    assert len(new.routes) <= listeners._MAX_ROUTES
 
 
 def test_sigterm_exports_buffered_spans_and_ends_the_export_process(tmp_path, backend, apps):

@@ -27,8 +27,23 @@ _CONTEXT: Final = _B3 | _W3C
 PASSTHROUGH: Final = "PassthroughCluster"
 
 
+class OutboundRoute:
+    """Where the outbound listener sends requests for one Host header, and the span name they get."""
+
+    __slots__ = ("cluster", "decorator", "decorator_line")
+
+    def __init__(self, cluster: Cluster | None, decorator: str) -> None:
+        self.cluster = cluster
+        self.decorator = decorator
+        self.decorator_line = b"x-envoy-decorator-operation: " + decorator.encode() + b"\r\n"
+
+
+_MAX_ROUTES: Final = 1024  # Host headers remembered per configuration; a client inventing them empties it
+
+
 class State:
-    """One configuration version compiled for the data path."""
+    """One configuration version compiled for the data path, and what the listeners resolved in it (kept
+    here, not in the listeners, so that a replaced configuration is garbage as soon as it is replaced)."""
 
     def __init__(self, config: ProxyConfig, client: SideTracer, server: SideTracer) -> None:
         self.config = config
@@ -37,6 +52,12 @@ class State:
         self.version = config.version
         self._next: dict[str, int] = {}
         self.stats: dict[str, int] = {}
+        # Outbound routes by Host header: an app sends the same few (origin-form, as under Istio's
+        # interception), and resolving one costs ~2,000 instructions a request.
+        self.routes: dict[bytes, OutboundRoute] = {}
+        self.inbound: dict[object, tuple[Inbound, Cluster]] = {}  # by port
+        for inbound in reversed(config.inbound):  # the first for a port wins
+            self.inbound[inbound.port] = inbound, Cluster(f"inbound|{inbound.port}||", "", inbound.port, (inbound.app,))
 
     def pick(self, cluster: Cluster) -> str | None:
         """Round robin over the cluster's endpoints (all versions of a service)."""
@@ -162,19 +183,10 @@ class InboundListener(Handler):
     def __init__(self, holder: Holder, port: int) -> None:
         self.holder = holder
         self.port = port
-        self._cached: tuple[State | None, tuple[Inbound, Cluster] | None] = (None, None)
+        self._key: object = port  # boxed once, not on every lookup
 
     def _inbound(self, state: State) -> tuple[Inbound, Cluster] | None:
-        cached = self._cached
-        if cached[0] is state:
-            return cached[1]
-        found = None
-        for inbound in state.config.inbound:
-            if inbound.port == self.port:
-                found = inbound, Cluster(f"inbound|{self.port}||", "", self.port, (inbound.app,))
-                break
-        self._cached = (state, found)
-        return found
+        return state.inbound.get(self._key)
 
     def handle(self, exchange: Exchange) -> None:
         state = self.holder.state
@@ -211,20 +223,6 @@ class InboundListener(Handler):
             note.tracer.finish(span, _finished(exchange, note, exchange.down.peer))
 
 
-class OutboundRoute:
-    """Where the outbound listener sends requests for one Host header, and the span name they get."""
-
-    __slots__ = ("cluster", "decorator", "decorator_line")
-
-    def __init__(self, cluster: Cluster | None, decorator: str) -> None:
-        self.cluster = cluster
-        self.decorator = decorator
-        self.decorator_line = b"x-envoy-decorator-operation: " + decorator.encode() + b"\r\n"
-
-
-_MAX_ROUTES: Final = 1024  # Host headers remembered per configuration; a client inventing them empties it
-
-
 class OutboundListener(Handler):
     """Requests from the pod's app (an HTTP proxy for it): service names resolved through the mesh
     registry, a CLIENT span named by the route decorator, endpoints in round robin."""
@@ -232,10 +230,6 @@ class OutboundListener(Handler):
     def __init__(self, holder: Holder, traced: bool = True) -> None:
         self.holder = holder
         self.traced = traced
-        # Routes by Host header for the configuration they were resolved in: an app sends the same few
-        # (origin-form, as with Istio's interception), and resolving one is ~2,000 instructions a request.
-        self._routes: dict[bytes, OutboundRoute] = {}
-        self._routes_of: State | None = None
 
     def _route(self, state: State, host: str, port: int) -> OutboundRoute:
         service = state.config.hosts.get(f"{host}:{port}")
@@ -244,13 +238,12 @@ class OutboundListener(Handler):
         return OutboundRoute(state.config.clusters.get(service.cluster), service.decorator)
 
     def _origin_route(self, state: State, host_header: bytes) -> OutboundRoute:
-        if self._routes_of is not state:
-            self._routes, self._routes_of = {}, state
-        route = self._routes.get(host_header)
+        routes = state.routes
+        route = routes.get(host_header)
         if route is None:
-            if len(self._routes) >= _MAX_ROUTES:
-                self._routes.clear()
-            route = self._routes[host_header] = self._route(state, *_host_port(host_header))
+            if len(routes) >= _MAX_ROUTES:
+                routes.clear()
+            route = routes[host_header] = self._route(state, *_host_port(host_header))
         return route
 
     def handle(self, exchange: Exchange) -> None:
