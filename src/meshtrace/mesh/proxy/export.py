@@ -103,7 +103,8 @@ class Exporter:
         self._chunks: list[bytes] = []  # marshalled records, each with its length in front
         self._chunked = 0  # spans in the chunks
         self._handed = 0  # spans handed to the current export process
-        self._handing: list[tuple[int, bytes]] = []  # frames a flush made, not yet down the pipe: (spans, frame)
+        # Frames a flush made, not yet down the pipe, first out first: (spans, frame).
+        self._handing: collections.deque[tuple[int, bytes]] = collections.deque()
         self._started = 0.0
         self._start_child()
         self._schedule(FLUSH_INTERVAL)
@@ -219,7 +220,7 @@ class Exporter:
         requests are served in between (a whole flush under load is ~4 MB to copy)."""
         if not self._handing or self._gone:
             return
-        _, frame = self._handing.pop(0)
+        _, frame = self._handing.popleft()
         if self._handing:
             self._loop.call_soon(self._hand_over)
         self._send_frame(frame)
@@ -276,7 +277,7 @@ class Exporter:
             self._writing = False
         self._drained.set()
         self._dropped += sum(spans for spans, _ in self._handing)
-        self._handing = []
+        self._handing.clear()
         self._read_stats()
         if self._reading:
             self._loop.remove_reader(self._stdout)
