@@ -24,7 +24,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from meshtrace.mesh.proxy import export, spanwire
 from meshtrace.mesh.proxy.config import Cluster, Provider
 from meshtrace.mesh.proxy.export import _FRAME, MAX_BATCH, Exporter
-from meshtrace.mesh.proxy.tracer import RECORD_FIELDS, Finished
+from meshtrace.mesh.proxy.records import RECORD_FIELDS
+from meshtrace.mesh.proxy.tracer import Finished
 
 from .test_tracer import NODE, tracer
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import uuid
 from collections import Counter
+from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from meshtrace.mesh.proxy import spanwire
 from meshtrace.mesh.proxy.config import Cluster, CustomTag, Node, Provider, TracingSpec
+from meshtrace.mesh.proxy.records import encode_entry
 from meshtrace.mesh.proxy.tracer import (
     CLIENT_FORCED,
     FORCED,
@@ -18,7 +22,6 @@ from meshtrace.mesh.proxy.tracer import (
     Finished,
     SideTracer,
     decide,
-    encode_record,
     new_request_id,
     parse_b3,
     parse_traceparent,
@@ -42,6 +45,16 @@ PROVIDER = Provider("otel", "opentelemetry", "c.o.svc.cluster.local", 4317, ("12
 def tracer(sampling: float = 100.0, sink: list | None = None, **spec: object) -> SideTracer:
     out = sink if sink is not None else []
     return SideTracer(TracingSpec(PROVIDER, sampling, **spec), NODE, out.append)  # type: ignore[arg-type]
+
+
+def _decoded(entry: bytes) -> Any:
+    """The span of a ``ScopeSpans.spans`` entry (its field and length in front)."""
+    from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans
+
+    scope = ScopeSpans.FromString(entry)
+    assert [field.name for field, _ in scope.ListFields()] == ["spans"]
+    assert len(scope.spans) == 1
+    return scope.spans[0]
 
 
 def test_new_request_ids_are_uuid4_and_not_yet_traced():
@@ -189,8 +202,6 @@ def test_invalid_traceparent_gives_no_span():
 
 
 def test_finished_span_has_envoys_tags_in_order_and_statuses():
-    from opentelemetry.proto.trace.v1.trace_pb2 import Span
-
     out: list[bytes] = []
     t = tracer(sink=out, custom_tags=(CustomTag("lit", "literal", "v"), CustomTag("user", "header", "x-user", "anon")))
     rid = "00000001-0000-4000-8000-000000000000"
@@ -213,7 +224,7 @@ def test_finished_span_has_envoys_tags_in_order_and_statuses():
         headers={b"x-user": b"jason"},
     )
     t.finish(span, done)
-    decoded = Span.FromString(encode_record(out[0]))
+    decoded = _decoded(encode_entry(out[0]))
     keys = [kv.key for kv in decoded.attributes]
     assert keys[:2] == ["node_id", "zone"]
     assert keys.index("guid:x-request-id") < keys.index("http.url") < keys.index("user_agent") < keys.index("component")
@@ -251,8 +262,6 @@ def test_unsampled_and_unreported_spans_are_not_exported():
 def test_spans_sharing_tags_keep_their_own_fresh_ones():
     """The export process encodes the tags that repeat from span to span once per group of values; each span
     still carries its own request id, client trace id, status and error tag, upstream spans their own set."""
-    from opentelemetry.proto.trace.v1.trace_pb2 import Span
-
     out: list[tuple] = []
     t = tracer(sink=out)
     cluster = Cluster("outbound|9080||ratings.default.svc.cluster.local", "ratings.default.svc.cluster.local", 9080, ())
@@ -268,7 +277,7 @@ def test_spans_sharing_tags_keep_their_own_fresh_ones():
         else:
             t.finish(span, done)
         sent.append((rid, status, client))
-    decoded = [Span.FromString(encode_record(record)) for record in out * 2]  # twice: found in the cache
+    decoded = [_decoded(encode_entry(record)) for record in out * 2]  # twice: found in the cache
     for span, (rid, status, client) in zip(decoded, sent * 2, strict=True):
         attrs = {kv.key: kv.value.string_value for kv in span.attributes}
         assert attrs["http.status_code"] == str(status)
@@ -310,3 +319,54 @@ def test_a_zipkin_trace_started_here_has_a_64_or_128_bit_id_as_the_provider_says
         assert span.trace_id[16:] != b"0" * 16
         ids.add(span.trace_id)
     assert len(ids) == 200
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    request_id=st.text(max_size=40),
+    client_trace_id=st.text(max_size=20),
+    parent=st.one_of(st.none(), st.binary(min_size=8, max_size=8).filter(any)),
+    state=st.text(alphabet="abcdefghijklmnop=,0123456789", max_size=80),
+    status=st.sampled_from([0, 200, 404, 503]),
+    url=st.text(max_size=60),
+    upstream=st.booleans(),
+)
+@example("é" * 36, "", None, "", 200, "/", False)  # 36 characters, 72 bytes: the long way
+@example(str(uuid.uuid4()), "c", b"\x01" * 8, "a=1", 503, "/", False)  # the shortcut, next to every other tag
+def test_each_span_the_export_process_encodes_reads_back_as_the_tracer_finished_it(
+    request_id: str, client_trace_id: str, parent: bytes | None, state: str, status: int, url: str, upstream: bool
+) -> None:
+    """Request ids of 36 characters take a shortcut (their tag's head is known), unless they are not ASCII;
+    ids, trace state and times go in with their fields' tags; the entry is one ``spans`` field."""
+    out: list[tuple] = []
+    t = tracer(sink=out)
+    headers: dict[bytes, bytes] = {}
+    trace_id = os.urandom(16)
+    if parent is not None:
+        headers[b"traceparent"] = b"00-%s-%s-01" % (trace_id.hex().encode(), parent.hex().encode())
+        headers[b"tracestate"] = state.encode()
+    span = t.start(headers, t.fresh_request_id({}), spanwire.CLIENT, "svc:9080/*")  # sampled; tagged below
+    assert span is not None
+    cluster = Cluster("outbound|9080||svc.default.svc.cluster.local", "svc.default.svc.cluster.local", 9080, ())
+    peer, upstream_address = "10.0.0.2", "10.0.0.9:9080"
+    done = Finished(request_id, url, "GET", "t", peer, 0, 7, status, "-", cluster, upstream_address, client_trace_id)
+    (t.finish_upstream if upstream else t.finish)(span, done)
+    decoded = _decoded(encode_entry(out[0]))
+    assert decoded.span_id == bytes.fromhex(span.span_id.decode())
+    if parent is not None:
+        assert (decoded.trace_id, decoded.parent_span_id, decoded.trace_state) == (trace_id, parent, state)
+    else:
+        assert decoded.parent_span_id == b""
+        assert decoded.trace_state == ""
+    assert decoded.start_time_unix_nano == span.start_ns <= decoded.end_time_unix_nano
+    assert decoded.kind == spanwire.CLIENT
+    assert decoded.status.code == (spanwire.STATUS_ERROR if status == 0 or status >= 400 else spanwire.STATUS_UNSET)
+    attrs = {kv.key: kv.value.string_value for kv in decoded.attributes}
+    assert attrs["http.status_code"] == str(status)
+    if upstream:
+        assert "guid:x-request-id" not in attrs
+        assert "http.url" not in attrs
+    else:
+        assert attrs.get("guid:x-request-id", "") == request_id
+        assert attrs.get("guid:x-client-trace-id", "") == client_trace_id
+        assert attrs["http.url"] == url

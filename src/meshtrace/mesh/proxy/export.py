@@ -3,7 +3,7 @@
 (every hand-over wakes the export process and the receiver on a box the requests share: at 50 ms the proxy
 served 15–18 % fewer requests, ``BENCHMARKS.md``, sidecar).
 
-The proxy's event loop only appends span records (``tracer.encode_record``, or Zipkin dicts) to a list, the
+The proxy's event loop only appends span records (``records``, or Zipkin dicts) to a list, the
 fields of OTLP records one after another, and marshals the list into a chunk of bytes every ``CHUNK`` spans:
 records kept as objects until the flush were ~10 MB of them to allocate, walk and free every half second under
 load (as tuples they set off a young-generation collection every ~760 requests; in a flat list the proxy spent
@@ -43,7 +43,7 @@ import orjson
 from meshtrace import heap
 from meshtrace.mesh.proxy import spanwire
 from meshtrace.mesh.proxy.config import Provider
-from meshtrace.mesh.proxy.tracer import RECORD_FIELDS, encode_record
+from meshtrace.mesh.proxy.records import RECORD_FIELDS, encode_entry
 
 log = logging.getLogger("meshtrace.proxy.export")
 
@@ -369,9 +369,9 @@ class Sender:
             else:
                 encoded: list[bytes] = []
                 for start in range(0, len(batch), YIELD_EVERY):
-                    encoded += [encode_record(r) for r in batch[start : start + YIELD_EVERY]]
+                    encoded += [encode_entry(r) for r in batch[start : start + YIELD_EVERY]]
                     os.sched_yield()
-                body = spanwire.export_request(self.resource, encoded)
+                body = spanwire.export_entries(self.resource, encoded)
                 if self.provider.transport == "http":
                     self._post(endpoint, body, "application/x-protobuf")
                 else:

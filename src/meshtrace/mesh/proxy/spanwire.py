@@ -21,6 +21,8 @@ SERVER: Final = 2
 CLIENT: Final = 3
 STATUS_UNSET: Final = 0
 STATUS_ERROR: Final = 2
+# Span.status (field 15) with its code (field 3), by code; nothing when unset.
+STATUS_FIELDS: Final = (b"", b"\x7a\x02\x18\x01", b"\x7a\x02\x18\x02")
 
 
 def varint(value: int) -> bytes:
@@ -35,6 +37,11 @@ def varint(value: int) -> bytes:
 
 
 _VARINTS: Final = [varint(n) for n in range(1 << 14)]  # lengths below 16 KiB: a lookup, not a call
+
+
+def length(size: int) -> bytes:
+    """A length in front of a field (a lookup below 16 KiB)."""
+    return _VARINTS[size] if size < 16384 else varint(size)
 
 
 def _field(tag: bytes, payload: bytes) -> bytes:
@@ -109,16 +116,17 @@ def resource(attributes: Sequence[tuple[str, str]]) -> bytes:
 
 
 def export_request(resource_message: bytes, spans: Sequence[bytes]) -> bytes:
+    """An ``ExportTraceServiceRequest`` of ``Span`` messages (``export_entries``)."""
+    return export_entries(resource_message, [b"\x12" + length(len(span)) + span for span in spans])
+
+
+def export_entries(resource_message: bytes, entries: Sequence[bytes]) -> bytes:
     """An ``ExportTraceServiceRequest``: one ``ResourceSpans`` with one ``ScopeSpans`` whose scope is
-    empty, as Envoy sends."""
+    empty, as Envoy sends; ``entries`` are its ``spans`` fields, each with its tag and length."""
     resource_field = _field(b"\x0a", resource_message)
-    parts: list[bytes] = [b"\x0a", b"", resource_field, b"\x12", b""]  # the two lengths filled in below
     scope_size = 0
-    for span in spans:
-        size = len(span)
-        head = _VARINTS[size] if size < 16384 else varint(size)
-        parts += (b"\x12", head, span)
-        scope_size += 1 + len(head) + size
-    parts[4] = varint(scope_size)
-    parts[1] = varint(len(resource_field) + 1 + len(parts[4]) + scope_size)
-    return b"".join(parts)  # one copy of the spans, not one per enclosing message
+    for entry in entries:
+        scope_size += len(entry)
+    scope_head = length(scope_size)
+    head = length(len(resource_field) + 1 + len(scope_head) + scope_size)
+    return b"".join([b"\x0a", head, resource_field, b"\x12", scope_head, *entries])  # one copy of the spans

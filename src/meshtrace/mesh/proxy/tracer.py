@@ -1,5 +1,5 @@
 """Envoy's tracing in Istio, one request at a time: request IDs, the sampling decision, W3C/B3 context,
-spans with Envoy's and Istio's tags.
+spans with Envoy's and Istio's tags (encoded by the export process: ``records``).
 
 References: Envoy ``source/extensions/request_id/uuid`` (the trace reason packed into the x-request-id),
 ``ConnectionManagerUtility::mutateTracingRequestHeader`` (the decision), the OpenTelemetry and Zipkin
@@ -29,7 +29,6 @@ _TRACED: Final = frozenset((SAMPLED, FORCED, CLIENT_FORCED))
 ENVOY_VERSION: Final = "1.36.2"
 _getrandbits: Final = random.getrandbits
 _time_ns: Final = time.time_ns
-_unhexlify: Final = binascii.unhexlify
 
 _ID_DIGITS: Final = 2048  # random hex digits cut into span and trace ids per ``os.urandom`` call
 _IDS_PER_FILL: Final = 64  # request ids formatted per ``os.urandom`` call
@@ -214,7 +213,7 @@ def _new_id(digits: int) -> bytes:
 
 class Span:
     """A span in flight; ``finish`` turns it into a record for the exporter. Its ids are lower-case hex, as
-    headers carry them: the proxy never converts them, the export process does (``encode_record``)."""
+    headers carry them: the proxy never converts them, the export process does (``records.encode_entry``)."""
 
     __slots__ = ("kind", "name", "parent_id", "sampled", "span_id", "start_ns", "trace_id", "trace_state")
 
@@ -292,30 +291,6 @@ class Note:
         self.request_id = request_id
         self.host = host
         self.path = path
-
-
-_KEYS: Final = {
-    k: spanwire.attribute_key(k)
-    for k in (
-        "guid:x-request-id",
-        "http.url",
-        "http.method",
-        "user_agent",
-        "peer.address",
-        "guid:x-client-trace-id",
-        "request_size",
-        "response_size",
-        "http.status_code",
-        "response_flags",
-        "upstream_address",
-    )
-}
-_STATIC: Final = {
-    "downstream_cluster": spanwire.string_attributes([("downstream_cluster", "-")]),
-    "http.protocol": spanwire.string_attributes([("http.protocol", "HTTP/1.1")]),
-    "component": spanwire.string_attributes([("component", "proxy")]),
-    "error": spanwire.string_attributes([("error", "true")]),
-}
 
 
 class SideTracer:
@@ -461,7 +436,7 @@ class SideTracer:
         return cached
 
     def finish(self, span: Span, done: Finished) -> None:
-        """Envoy's ``finalizeDownstreamSpan``; the exporter encodes the record (``encode_record``)."""
+        """Envoy's ``finalizeDownstreamSpan``; the exporter encodes the record (``records.encode_entry``)."""
         if span.sampled and self.report:
             self._finish(span, done, False)
 
@@ -585,111 +560,3 @@ def resource_attributes(node: Node, spec: TracingSpec | None) -> list[tuple[str,
             if sep and key.strip():
                 attributes.append((key.strip(), value.strip()))
     return attributes
-
-
-_ENCODED: Final[dict[bytes, dict[Any, bytes]]] = {}  # per attribute key: value → encoded
-
-
-def _tag(key_prefix: bytes, value: Any) -> bytes:
-    """An attribute whose value repeats across spans (method, peer, status...), encoded once, for building
-    a group of tags ``_CHUNKS`` has not seen (a new URL among known peers and methods reuses the rest)."""
-    cache = _ENCODED.get(key_prefix)
-    if cache is None:
-        cache = _ENCODED[key_prefix] = {}
-    encoded = cache.get(value)
-    if encoded is None:
-        if len(cache) > 10_000:
-            cache.clear()
-        encoded = cache[value] = spanwire.string_attribute(key_prefix, str(value))
-    return encoded
-
-
-_CHUNKS: Final[dict[tuple[Any, ...], bytes]] = {}  # the tags around a span's fresh ones → encoded together
-
-
-def _chunk(key: tuple[Any, ...], tags: list[bytes]) -> bytes:
-    if len(_CHUNKS) > 10_000:
-        _CHUNKS.clear()
-    encoded = _CHUNKS[key] = b"".join(tags)
-    return encoded
-
-
-# The fields of a span record (``SideTracer._finish``), as ``encode_record`` unpacks them.
-RECORD_FIELDS: Final = 24
-
-
-def encode_record(record: tuple[Any, ...]) -> bytes:
-    """The OTLP ``Span`` of a record from ``SideTracer.finish``: tags in Envoy's order (``setCommonTags``
-    last). Runs in the export process, off the request path. The tags between the fresh ones (request id,
-    client trace id) repeat from span to span as a group: each group is encoded once and found again by its
-    values (one lookup instead of one per tag)."""
-    (upstream, trace_id, span_id, parent_id, name, kind, start_ns, end_ns, status, trace_state, prefix,
-     request_id, url, method, user_agent, peer, client_trace_id, request_size, response_size, cluster, code,
-     flags, upstream_address, custom) = record  # fmt: skip
-    if upstream:
-        key: tuple[Any, ...] = (True, upstream_address, cluster, code, flags, custom)
-        attributes = _CHUNKS.get(key)
-        if attributes is None:
-            tags = [_STATIC["http.protocol"]]
-            if upstream_address:
-                tags += (
-                    _tag(_KEYS["upstream_address"], upstream_address),
-                    _tag(_KEYS["peer.address"], upstream_address),
-                )
-            attributes = _chunk(key, tags + _closing(cluster, code, flags, "", custom))
-    else:
-        key = (url, method, user_agent, peer)
-        head = _CHUNKS.get(key)
-        if head is None:
-            head = _chunk(
-                key,
-                [
-                    _tag(_KEYS["http.url"], url),
-                    _tag(_KEYS["http.method"], method),
-                    _STATIC["downstream_cluster"],
-                    _tag(_KEYS["user_agent"], user_agent),
-                    _STATIC["http.protocol"],
-                    _tag(_KEYS["peer.address"], peer),
-                ],
-            )
-        key = (False, request_size, response_size, cluster, code, flags, upstream_address, custom)
-        tail = _CHUNKS.get(key)
-        if tail is None:
-            sizes = [_tag(_KEYS["request_size"], request_size), _tag(_KEYS["response_size"], response_size)]
-            tail = _chunk(key, sizes + _closing(cluster, code, flags, upstream_address, custom))
-        parts = [prefix]
-        if request_id:
-            parts.append(spanwire.string_attribute(_KEYS["guid:x-request-id"], request_id))
-        parts.append(head)
-        if client_trace_id:
-            parts.append(spanwire.string_attribute(_KEYS["guid:x-client-trace-id"], client_trace_id))
-        parts.append(tail)
-        attributes = b"".join(parts)
-    return spanwire.encode_span(
-        _unhexlify(trace_id),
-        _unhexlify(span_id),
-        _unhexlify(parent_id),
-        name,
-        kind,
-        start_ns,
-        end_ns,
-        attributes,
-        status,
-        trace_state,
-    )
-
-
-def _closing(cluster: bytes, code: int, flags: str, upstream_address: str, custom: bytes) -> list[bytes]:
-    """``component`` to the custom tags: the span's last tags."""
-    tags = [
-        _STATIC["component"],
-        cluster,
-        _tag(_KEYS["http.status_code"], code),
-        _tag(_KEYS["response_flags"], flags),
-    ]
-    if upstream_address:
-        tags.append(_tag(_KEYS["upstream_address"], upstream_address))
-    if code == 0 or code >= 500:
-        tags.append(_STATIC["error"])
-    tags.append(custom)
-    return tags
