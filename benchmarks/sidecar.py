@@ -22,7 +22,8 @@ as for meshtrace, and each proxy's CPU is its own (not the app's). Throughput: `
 CPUs; latency per hop: ``wrk -t1 -c1`` with every process pinned to CPU 0 (cross-CPU wake-ups in a VM would
 otherwise dominate), (p50 of the config − p50 of direct) ÷ hops. During each throughput run, from ``/proc``:
 the busiest proxy's share of the time on a CPU and runnable but waiting for one, and the idle CPUs
-(``idle_cpus``), which tell a proxy bound by its own cost from one held up by scheduling. Rounds rotate the
+(``idle_cpus``), which tell a proxy bound by its own cost from one held up by scheduling, and for the chains
+how often their two proxies were on one CPU (``proxies_same_cpu_pct``). Rounds rotate the
 order; medians are reported, and meshtrace's req/s over nginx's both as the ratio of the medians and round by
 round (``rps_by_round``, its median ``rps_median_of_rounds``): a round's pair runs seconds apart, so the
 host's drift between rounds moves it less. Prints one JSON object.
@@ -42,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -298,6 +300,40 @@ def idle_cpu_seconds() -> float:
     return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
 
 
+class Placement:
+    """How often a chain's proxies sat on one CPU during a load run (sampled every 20 ms from the CPU each
+    last ran on): two proxies on one CPU leave the other half idle while the app and wrk wait on them, and a
+    burst of other work (the export processes, the sink) tends to put them there (``BENCHMARKS.md``)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.samples = self.shared = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Placement:
+        if len(self.pids) > 1:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            try:
+                cpus = {int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[36]) for pid in self.pids}
+            except (OSError, IndexError, ValueError):
+                return
+            self.samples += 1
+            self.shared += len(cpus) == 1
+
+    def report(self) -> dict[str, float]:
+        return {"proxies_same_cpu_pct": round(100 * self.shared / self.samples, 1)} if self.samples else {}
+
+
 def scheduling(pids: list[int], before: dict[int, tuple[int, int]], idle: float, seconds: float) -> dict[str, float]:
     """Where the time went during a load run: the busiest proxy's share of it on a CPU and runnable but
     waiting, and the CPUs left idle. A proxy near 100 % on a CPU is what bounds the run; one that waits
@@ -370,8 +406,9 @@ def main() -> None:
                     proxies = pids.get(name, [])
                     before, sched, idle = cpu(proxies), {p: schedstat(p) for p in proxies}, idle_cpu_seconds()
                     started = time.monotonic()
-                    load = wrk(url, host, 16, args.seconds, script)
-                    where = scheduling(proxies, sched, idle, time.monotonic() - started)
+                    with Placement(proxies) as placement:
+                        load = wrk(url, host, 16, args.seconds, script)
+                    where = scheduling(proxies, sched, idle, time.monotonic() - started) | placement.report()
                     used = cpu(proxies) - before
                     pin(ours, {0})  # one connection: the cost per hop, without cross-CPU wake-ups
                     latency = wrk(url, host, 1, args.seconds, script)
