@@ -118,7 +118,8 @@ def encode_entry(record: tuple[Any, ...]) -> bytes:
             else:
                 parts.append(spanwire.string_attribute(_KEYS["guid:x-request-id"], request_id))
         if client_trace_id:
-            parts += (_head(url, method, user_agent, peer), _client_trace_id(client_trace_id))
+            parts.append(_head(url, method, user_agent, peer))
+            parts.append(spanwire.string_attribute(_KEYS["guid:x-client-trace-id"], client_trace_id))
             parts.append(_tail(request_size, response_size, cluster, code, flags, upstream_address, custom))
         else:  # the usual case: the two groups side by side, found in one lookup
             key = (url, method, user_agent, peer, request_size, response_size, cluster, code, flags,
@@ -166,10 +167,6 @@ def _tail(
         sizes = [_tag(_KEYS["request_size"], request_size), _tag(_KEYS["response_size"], response_size)]
         tail = _chunk(key, sizes + _closing(cluster, code, flags, upstream_address, custom))
     return tail
-
-
-def _client_trace_id(value: str) -> bytes:
-    return spanwire.string_attribute(_KEYS["guid:x-client-trace-id"], value)
 
 
 def _closing(cluster: bytes, code: int, flags: str, upstream_address: str, custom: bytes) -> list[bytes]:

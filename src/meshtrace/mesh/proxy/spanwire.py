@@ -1,19 +1,18 @@
-"""OTLP protobuf bytes for the proxy's spans, written directly.
+"""OTLP protobuf bytes for the proxy's spans, written directly: names, string attributes, the resource and
+the export request (the spans themselves: ``records.encode_entry``).
 
 Building spans through the protobuf library's Python API costs about 22 µs per span with Envoy's
 twenty-odd attributes, as much as proxying the request itself; writing the few fixed fields and the
-string attributes as bytes costs about 4 µs, and the attributes that never change for a listener and
-cluster are encoded once. ``tests/mesh/test_spanwire.py`` checks every encoding against the protobuf
-library. Field numbers: ``opentelemetry/proto/trace/v1/trace.proto``.
+string attributes as bytes costs about 4 µs (under 1 µs compiled), and the attributes that never change
+for a listener and cluster are encoded once. ``tests/mesh/test_spanwire.py`` checks every encoding against
+the protobuf library. Field numbers: ``opentelemetry/proto/trace/v1/trace.proto``.
 """
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable, Sequence
 from typing import Final
 
-_FIXED64: Final = struct.Struct("<Q").pack
 _ONE_BYTE: Final = [bytes([n]) for n in range(128)]
 
 # Span kinds and status codes, as in trace.proto.
@@ -45,8 +44,7 @@ def length(size: int) -> bytes:
 
 
 def _field(tag: bytes, payload: bytes) -> bytes:
-    size = len(payload)
-    return tag + (_VARINTS[size] if size < 16384 else varint(size)) + payload
+    return tag + length(len(payload)) + payload
 
 
 def attribute_key(key: str) -> bytes:
@@ -77,33 +75,6 @@ def span_name(name: str) -> bytes:
     return _field(b"\x2a", name.encode())
 
 
-def encode_span(
-    trace_id: bytes,
-    span_id: bytes,
-    parent_span_id: bytes,
-    name: bytes,
-    kind: int,
-    start_ns: int,
-    end_ns: int,
-    attributes: bytes,
-    status: int,
-    trace_state: str = "",
-    flags: int = 0,
-) -> bytes:
-    """A ``Span`` message; ``name`` comes from ``span_name`` and ``attributes`` is encoded entries."""
-    parts = [b"\x0a\x10", trace_id, b"\x12\x08", span_id]
-    if trace_state:
-        parts.append(_field(b"\x1a", trace_state.encode()))
-    if parent_span_id:
-        parts += (b"\x22\x08", parent_span_id)
-    parts += (name, b"\x30", _ONE_BYTE[kind], b"\x39", _FIXED64(start_ns), b"\x41", _FIXED64(end_ns), attributes)
-    if status:
-        parts += (b"\x7a\x02\x18", _ONE_BYTE[status])
-    if flags:
-        parts += (b"\x85\x01", struct.pack("<I", flags))
-    return b"".join(parts)
-
-
 def resource(attributes: Sequence[tuple[str, str]]) -> bytes:
     """A ``Resource`` message with string attributes (each ``KeyValue`` is field 1 here)."""
     entries = []
@@ -113,11 +84,6 @@ def resource(attributes: Sequence[tuple[str, str]]) -> bytes:
         key_value = attribute_key(key) + varint(len(any_value)) + any_value
         entries.append(_field(b"\x0a", key_value))
     return b"".join(entries)
-
-
-def export_request(resource_message: bytes, spans: Sequence[bytes]) -> bytes:
-    """An ``ExportTraceServiceRequest`` of ``Span`` messages (``export_entries``)."""
-    return export_entries(resource_message, [b"\x12" + length(len(span)) + span for span in spans])
 
 
 def export_entries(resource_message: bytes, entries: Sequence[bytes]) -> bytes:
