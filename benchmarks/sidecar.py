@@ -50,7 +50,7 @@ from typing import Any
 
 import httpx
 
-from common import free_port, machine, process_stat, start_sink
+from common import free_port, machine, process_stat, start_sink, stat_fields
 
 BODY = "x" * 1024
 WRK_REPORT = """
@@ -324,7 +324,7 @@ class Placement:
     def _run(self) -> None:
         while not self._stop.wait(0.02):
             try:
-                cpus = {int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[36]) for pid in self.pids}
+                cpus = {int(stat_fields(pid)[36]) for pid in self.pids}  # the CPU it last ran on
             except (OSError, IndexError, ValueError):
                 return
             self.samples += 1

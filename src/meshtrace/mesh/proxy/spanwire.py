@@ -57,13 +57,12 @@ def string_attribute(key_prefix: bytes, value: str) -> bytes:
     raw = value.encode()
     size = len(raw)
     if size > 16000 or len(key_prefix) > 300:
-        any_value = b"\x0a" + varint(size) + raw
-        key_value = key_prefix + varint(len(any_value)) + any_value
-        return b"\x4a" + varint(len(key_value)) + key_value
+        return _field(b"\x4a", _field(key_prefix, _field(b"\x0a", raw)))  # the key prefix ends in its tag
     head = _VARINTS[size]
     inner = len(head) + 1 + size
-    length = _VARINTS[inner]
-    return b"".join((b"\x4a", _VARINTS[len(key_prefix) + len(length) + inner], key_prefix, length, b"\x0a", head, raw))
+    inner_head = _VARINTS[inner]
+    outer_head = _VARINTS[len(key_prefix) + len(inner_head) + inner]
+    return b"".join((b"\x4a", outer_head, key_prefix, inner_head, b"\x0a", head, raw))
 
 
 def string_attributes(pairs: Iterable[tuple[str, str]]) -> bytes:
@@ -79,10 +78,7 @@ def resource(attributes: Sequence[tuple[str, str]]) -> bytes:
     """A ``Resource`` message with string attributes (each ``KeyValue`` is field 1 here)."""
     entries = []
     for key, value in attributes:
-        raw = value.encode()
-        any_value = b"\x0a" + varint(len(raw)) + raw
-        key_value = attribute_key(key) + varint(len(any_value)) + any_value
-        entries.append(_field(b"\x0a", key_value))
+        entries.append(_field(b"\x0a", _field(attribute_key(key), _field(b"\x0a", value.encode()))))
     return b"".join(entries)
 
 
