@@ -23,7 +23,8 @@ from typing import Any
 
 import grpc
 
-from common import free_port, machine, process_stat, start_sink
+from common import machine, process_stat, start_sink
+from meshtrace.listen import free_port
 from meshtrace.testing.bookinfo import requests_of, traffic
 from meshtrace.testing.server import CollectorProcess
 

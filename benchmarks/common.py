@@ -1,4 +1,4 @@
-"""What the benchmarks share: the machine, a process's CPU and memory, a free port, a counting OTLP sink."""
+"""What the benchmarks share: the machine, a process's CPU and memory, a counting OTLP sink."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import asyncio
 import multiprocessing
 import os
 import platform
-import socket
 from pathlib import Path
 from typing import Any
 
 import grpc
+
+from meshtrace.listen import free_port
 
 
 def machine() -> dict[str, Any]:
@@ -36,12 +37,6 @@ def metric(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     return 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_sink(idle: bool = False) -> tuple[multiprocessing.Process, int, Any]:

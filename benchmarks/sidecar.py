@@ -50,7 +50,8 @@ from typing import Any
 
 import httpx
 
-from common import free_port, machine, process_stat, start_sink, stat_fields
+from common import machine, process_stat, start_sink, stat_fields
+from meshtrace.listen import free_port
 
 BODY = "x" * 1024
 WRK_REPORT = """

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,13 +25,6 @@ def chdb_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChdbEngine
     engine = ChdbEngine(str(tmp_path_factory.mktemp("chdb")), config_file=config)
     yield engine
     engine.close()
-
-
-def free_port() -> int:
-    """A loopback port free right now, for a server that must be started (or restarted) on a known port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def new_store(engine: ChdbEngine, data_dir: Path, *, cluster: str | None = None, **options: object) -> Store:

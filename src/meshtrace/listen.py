@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -67,6 +69,37 @@ def bind(address: Address, what: str) -> socket.socket:
     sock.listen(1024)
     sock.setblocking(False)
     return sock
+
+
+_EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_chooser = random.SystemRandom()  # not the global generator, which test frameworks reseed
+_handed_out: set[int] = set()
+
+
+def free_port(host: str = "127.0.0.1", preferred: int = 0) -> int:
+    """``preferred`` if it is free on ``host``, else a free port outside the kernel's ephemeral range, for a
+    server started later by another process. A port from that range (what binding port 0 gives) can become
+    the local end of any outgoing connection before that server binds it, and its start then fails."""
+    try:
+        low, high = (int(part) for part in _EPHEMERAL.read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    below, above = range(1024, low), range(high + 1, 65536)
+    candidates = [preferred] if preferred else []
+    for _ in range(200):
+        n = _chooser.randrange(len(below) + len(above))
+        candidates.append(below[n] if n < len(below) else above[n - len(below)])
+    for port in candidates:
+        if port in _handed_out and port != preferred:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise OSError(f"no free port on {host}")
 
 
 def shown(sock: socket.socket) -> str:

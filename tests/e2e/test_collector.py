@@ -22,9 +22,9 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+from meshtrace.listen import free_port
 from meshtrace.testing.bookinfo import export_request, traffic
 from meshtrace.testing.server import CollectorProcess, ServerStartError
-from tests.conftest import free_port
 
 from ..collector.conftest import seed_collector_config
 from .conftest import TOKENS, ServerProcess, stored, token_args, wait_until

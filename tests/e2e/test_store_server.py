@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 from google.rpc import status_pb2
 
+from meshtrace.listen import free_port
 from meshtrace.testing.bookinfo import bookinfo_trace
 from meshtrace.testing.clickhouse_http import ClickHouseHttpProcess
-from tests.conftest import free_port
 
 from .conftest import TOKENS, ServerProcess, jaeger_trace, post_traces, stored, token_args, wait_until
 from .test_durability import requests

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from meshtrace.listen import free_port
 from meshtrace.store import Store, StoreOptions
 from meshtrace.store.api import SpanBatch
 from meshtrace.store.engine import ServerEngine, parse_server_url
 from meshtrace.store.schema import Schema
 from meshtrace.testing.clickhouse_http import ClickHouseHttpProcess
-from tests.conftest import free_port
 
 from .test_writer import batch
 

@@ -11,7 +11,6 @@ import os
 import random
 import secrets
 import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from meshtrace.listen import free_port
 from meshtrace.mesh.cluster import Cluster
 from meshtrace.mesh.controlplane import ControlPlane
 from meshtrace.mesh.proxy.config import Node, ProxyConfig
@@ -38,18 +38,6 @@ def default_mesh_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return Path(base) / "meshtrace" / "mesh"
-
-
-def free_port(host: str, preferred: int) -> int:
-    """``preferred`` if it is free on ``host``, else any free port."""
-    for port in (preferred, 0):
-        with socket.socket() as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
-            return int(sock.getsockname()[1])
-    raise OSError(f"no free port on {host}")
 
 
 @dataclass(slots=True)
