@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 import meshtrace.mesh.proxy
-from meshtrace.mesh.proxy import export, http1, listeners, records, spanwire, tracer
+from meshtrace.mesh.proxy import export, headers, http1, listeners, records, spanwire, tracer
 from meshtrace.mesh.proxy.config import ProxyConfig
 from meshtrace.mesh.proxy.native import COMPILED
 from tests.e2e.conftest import TOKENS, ServerProcess, jaeger_trace, token_args, wait_until
@@ -583,8 +583,8 @@ def test_a_killed_export_process_is_replaced(tmp_path, backend, apps):
 def test_the_suite_runs_the_compiled_data_path(proxy) -> None:
     """`make test` builds it first; a failed or skipped build fails here instead of testing the other one."""
     assert meshtrace.mesh.proxy.NATIVE.compiled, meshtrace.mesh.proxy.NATIVE.detail
-    modules = (export, http1, listeners, records, spanwire, tracer)
+    modules = (export, headers, http1, listeners, records, spanwire, tracer)
     assert sorted(m.__name__.rsplit(".", 1)[1] for m in modules) == sorted(COMPILED)
     functions = (export.Exporter.add, http1.Pool.acquire, listeners.InboundListener.handle, spanwire.span_name)
-    assert not any(inspect.isfunction(f) for f in (*functions, records.encode_entry))  # mypyc's, not Python's
+    assert not any(inspect.isfunction(f) for f in (*functions, records.encode_entry, headers.header_name))  # mypyc's
     assert httpx.get(f"http://{POD}:15000/stats").json()["compiled"] is True  # the proxy process, too

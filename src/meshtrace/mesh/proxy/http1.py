@@ -13,10 +13,11 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Any, Final
+from typing import Final
 
 import httptools
 
+from meshtrace.mesh.proxy import headers
 from meshtrace.mesh.proxy.config import Cluster
 from meshtrace.mesh.proxy.tracer import Note, Span
 
@@ -24,88 +25,10 @@ log = logging.getLogger("meshtrace.proxy")
 
 MAX_REQUEST_BODY: Final = 32 * 1024 * 1024
 MAX_HEADERS: Final = 100
+# Envoy's limit on a head (60 KiB by default), here for responses: an upstream's head is held until it ends.
+MAX_RESPONSE_HEAD: Final = 60 * 1024
 CONNECT_TIMEOUT: Final = 10.0
 MAX_ATTEMPTS: Final = 3  # Istio's default route retry policy: 2 retries on connect failure and reset
-
-# Headers the proxy manages itself: captured, then written again (or replaced) upstream.
-MANAGED: Final = frozenset(
-    (
-        b"host",
-        b"x-request-id",
-        b"x-forwarded-proto",
-        b"traceparent",
-        b"tracestate",
-        b"x-envoy-decorator-operation",
-        b"content-length",
-        b"x-b3-traceid",
-        b"x-b3-spanid",
-        b"x-b3-parentspanid",
-        b"x-b3-sampled",
-        b"x-b3-flags",
-        b"b3",
-        b"expect",
-    )
-)
-# Passed through unchanged, but the proxy reads them too.
-OBSERVED: Final = frozenset((b"user-agent", b"x-client-trace-id", b"x-envoy-force-trace"))
-HOP_BY_HOP: Final = frozenset(
-    (
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"transfer-encoding",
-        b"te",
-        b"upgrade",
-        b"trailer",
-        b"proxy-authorization",
-    )
-)
-_RESPONSE_DROP: Final = HOP_BY_HOP | {b"content-length", b"x-envoy-upstream-service-time"}
-# What a header name is to the proxy, found by the name as received (a ``lower()`` and up to three set
-# lookups per header otherwise): its lower case, its kind in a request, and whether a response drops it.
-_PASS: Final = 0  # passed on as received
-_KEEP: Final = 1  # managed: captured, then written again
-_HOP: Final = 2  # hop-by-hop: dropped
-_OBSERVE: Final = 3  # passed on, and read by the proxy
-_NAMES: Final[dict[bytes, tuple[bytes, int, bool]]] = {}
-_MAX_NAMES: Final = 4096  # a client inventing names empties it now and then
-
-
-def _header_name(name: bytes) -> tuple[bytes, int, bool]:
-    known = _NAMES.get(name)
-    if known is None:
-        lower = name.lower()
-        if lower in MANAGED:
-            kind = _KEEP
-        elif lower in HOP_BY_HOP:
-            kind = _HOP
-        else:
-            kind = _OBSERVE if lower in OBSERVED else _PASS
-        if len(_NAMES) >= _MAX_NAMES:
-            _NAMES.clear()
-        known = _NAMES[name] = (lower, kind, lower in _RESPONSE_DROP)
-    return known
-
-
-_REASONS: Final = {
-    200: b"OK",
-    201: b"Created",
-    204: b"No Content",
-    301: b"Moved Permanently",
-    302: b"Found",
-    304: b"Not Modified",
-    400: b"Bad Request",
-    403: b"Forbidden",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    413: b"Payload Too Large",
-    431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error",
-    501: b"Not Implemented",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
-}
 
 
 class Handler:
@@ -273,25 +196,14 @@ class Exchange:
         self.response_bytes = len(payload)
         head = b"HTTP/1.1 %d %s\r\ncontent-length: %d\r\ncontent-type: text/plain\r\n" % (
             status,
-            _REASONS.get(status, b"Unknown"),
+            headers.REASONS.get(status, b"Unknown"),
             len(payload),
         )
-        head += extra + b"date: " + _date() + b"\r\nserver: istio-envoy\r\n"
+        head += extra + b"date: " + headers.http_date() + b"\r\nserver: istio-envoy\r\n"
         if not self.keep_alive:
             head += b"connection: close\r\n"
         self.down.write(head + b"\r\n" + (payload if self.method != b"HEAD" else b""))
         self.down.finish(self)
-
-
-_last_date: Final[list[Any]] = [0, b""]
-
-
-def _date() -> bytes:
-    now = int(time.time())
-    if _last_date[0] != now:
-        _last_date[0] = now
-        _last_date[1] = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)).encode()
-    return _last_date[1]
 
 
 class Downstream(asyncio.Protocol):
@@ -369,13 +281,13 @@ class Downstream(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(self._lines) + len(self._headers) > MAX_HEADERS:
             raise _TooLarge(431, "too many request headers")
-        lower, kind, _ = _header_name(name)
-        if kind == _KEEP:
+        lower, kind, _ = headers.header_name(name)
+        if kind == headers.KEEP:
             self._headers[lower] = value
-        elif kind == _HOP:
+        elif kind == headers.HOP:
             return
         else:
-            if kind == _OBSERVE:
+            if kind == headers.OBSERVE:
                 self._headers[lower] = value
             self._lines.append(name + b": " + value + b"\r\n")
 
@@ -448,7 +360,7 @@ class Downstream(asyncio.Protocol):
         body = reason.encode()
         head = b"HTTP/1.1 %d %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % (
             status,
-            _REASONS.get(status, b"Error"),
+            headers.REASONS.get(status, b"Error"),
             len(body),
         )
         if self.transport is not None:
@@ -476,6 +388,8 @@ class Upstream(asyncio.Protocol):
         self.closed = False
         self.reused = False
         self._received = False
+        self._awaiting = False  # the response's head is still to come
+        self._head_size = 0  # what arrived of it so far
         self._head: bytes | None = None
         self._lines: list[bytes] = []
         self._length: bytes | None = None
@@ -502,7 +416,12 @@ class Upstream(asyncio.Protocol):
         self._received = True
         try:
             self.parser.feed_data(data)
+            if self._awaiting:
+                self._head_size += len(data)
+                if self._head_size > MAX_RESPONSE_HEAD:
+                    raise httptools.HttpParserError("response head too large")
         except httptools.HttpParserError:
+            self._awaiting = False
             exchange, self.exchange = self.exchange, None
             if self.transport is not None:
                 self.transport.close()
@@ -517,6 +436,8 @@ class Upstream(asyncio.Protocol):
         self.exchange = exchange
         exchange.upstream = self
         self._received = False
+        self._awaiting = True
+        self._head_size = 0
         self._head = None
         self._lines = []
         self._length = None
@@ -538,15 +459,16 @@ class Upstream(asyncio.Protocol):
     # -- httptools callbacks ------------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        lower, _, dropped = _header_name(name)
-        if dropped:
-            if lower == b"content-length":
-                self._length = value
-            elif lower == b"transfer-encoding":
-                self._chunked = b"chunked" in value.lower()
-            elif lower == b"connection" and len(value) == 5 and value.lower() == b"close":
-                self._keep_alive = False
-            return
+        if len(name) in headers.DROPPED_LENGTHS:
+            lower, _, dropped = headers.header_name(name)
+            if dropped:
+                if lower == b"content-length":
+                    self._length = value
+                elif lower == b"transfer-encoding":
+                    self._chunked = b"chunked" in value.lower()
+                elif lower == b"connection" and len(value) == 5 and value.lower() == b"close":
+                    self._keep_alive = False
+                return
         self._lines.append(name + b": " + value + b"\r\n")
 
     def on_headers_complete(self) -> None:
@@ -558,11 +480,12 @@ class Upstream(asyncio.Protocol):
         if status < 200:
             self._lines = []  # informational responses are not forwarded; the final one follows
             return
+        self._awaiting = False
         if not parser.should_keep_alive():
             self._keep_alive = False
         exchange.status = status
         elapsed = b"%d" % int((time.monotonic() - exchange.started) * 1000)
-        head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown")), *self._lines]
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, headers.REASONS.get(status, b"Unknown")), *self._lines]
         no_body = exchange.method == b"HEAD" or status in (204, 304)
         if self._length is not None:
             head.append(b"content-length: " + self._length + b"\r\n")

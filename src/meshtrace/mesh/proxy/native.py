@@ -20,7 +20,7 @@ from pathlib import Path
 
 PACKAGE = "meshtrace.mesh.proxy"
 # The modules on every request's path (``export``: its buffer, and the export process's encoding).
-COMPILED = ("export", "http1", "listeners", "records", "spanwire", "tracer")
+COMPILED = ("export", "headers", "http1", "listeners", "records", "spanwire", "tracer")
 DIRECTORY = "_native"
 STAMP = "STAMP"
 INTERPRETED = "MESHTRACE_PROXY_INTERPRETED"
