@@ -40,7 +40,8 @@ HOP_BY_HOP: Final = frozenset(
     )
 )
 RESPONSE_DROP: Final = HOP_BY_HOP | {b"content-length", b"x-envoy-upstream-service-time"}
-# A response header of another length (server, date, content-type...) is passed on without looking its name up.
+# A response header of another length (server, date, content-type...) is passed on without looking its name up
+# (a fresh name hashed and compared: ~440 instructions).
 DROPPED_LENGTHS: Final = frozenset(len(name) for name in RESPONSE_DROP)
 # What a header name is to the proxy, found by the name as received (a ``lower()`` and up to three set
 # lookups per header otherwise): its lower case, its kind in a request, and whether a response drops it.
