@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+from meshtrace import listen
 from meshtrace.listen import free_port
 
 
@@ -34,3 +35,11 @@ def test_the_preferred_port_when_free_else_another():
         assert other != taken
         assert other not in ephemeral()
     assert free_port("127.0.0.1", taken) == taken
+
+
+def test_when_every_port_is_ephemeral_any_free_one(tmp_path, monkeypatch):
+    wide = tmp_path / "ip_local_port_range"
+    wide.write_text("1024\t65535\n")
+    monkeypatch.setattr(listen, "_EPHEMERAL", wide)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", free_port()))

@@ -85,9 +85,9 @@ def free_port(host: str = "127.0.0.1", preferred: int = 0) -> int:
     except (OSError, ValueError):
         low, high = 32768, 60999
     below, above = range(1024, low), range(high + 1, 65536)
+    outside = len(below) + len(above)
     candidates = [preferred] if preferred else []
-    for _ in range(200):
-        n = _chooser.randrange(len(below) + len(above))
+    for n in (_chooser.randrange(outside) for _ in range(200 if outside else 0)):
         candidates.append(below[n] if n < len(below) else above[n - len(below)])
     for port in candidates:
         if port in _handed_out and port != preferred:
@@ -99,7 +99,9 @@ def free_port(host: str = "127.0.0.1", preferred: int = 0) -> int:
                 continue
         _handed_out.add(port)
         return port
-    raise OSError(f"no free port on {host}")
+    with socket.socket() as sock:  # every port is in the ephemeral range, or all those tried are taken
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def shown(sock: socket.socket) -> str:

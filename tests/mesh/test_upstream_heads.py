@@ -91,9 +91,17 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     upstream = RawUpstream(RAW)
     path = tmp_path_factory.mktemp("heads") / "proxy.json"
     cluster = f"outbound|9080||{HOST}"
-    node = {"id": f"sidecar~{POD}~raw-1.default~default.svc.cluster.local", "kind": "sidecar", "pod": "raw-1"}
-    node |= {"namespace": "default", "pod_ip": POD, "service_cluster": "raw.default", "canonical_service": "raw"}
-    config = {"version": 1, "node": node | {"canonical_revision": "v1"}, "inbound": [], "client": None, "server": None}
+    node = {
+        "id": f"sidecar~{POD}~raw-1.default~default.svc.cluster.local",
+        "kind": "sidecar",
+        "pod": "raw-1",
+        "namespace": "default",
+        "pod_ip": POD,
+        "service_cluster": "raw.default",
+        "canonical_service": "raw",
+        "canonical_revision": "v1",
+    }
+    config = {"version": 1, "node": node, "inbound": [], "client": None, "server": None}  # tracing off
     config["clusters"] = [{"name": cluster, "service": HOST, "port": 9080, "endpoints": [f"{RAW}:9080"]}]
     config["hosts"] = {"raw:9080": [cluster, f"{HOST}:9080/*"]}
     write(path, config)
