@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import random
 import socket
@@ -86,10 +87,9 @@ def free_port(host: str = "127.0.0.1", preferred: int = 0) -> int:
         low, high = 32768, 60999
     below, above = range(1024, low), range(high + 1, 65536)
     outside = len(below) + len(above)
-    candidates = [preferred] if preferred else []
-    for n in (_chooser.randrange(outside) for _ in range(200 if outside else 0)):
-        candidates.append(below[n] if n < len(below) else above[n - len(below)])
-    for port in candidates:
+    picks = (_chooser.randrange(outside) for _ in range(200 if outside else 0))  # drawn only when needed
+    randoms = (below[n] if n < len(below) else above[n - len(below)] for n in picks)
+    for port in itertools.chain([preferred] if preferred else [], randoms):
         if port in _handed_out and port != preferred:
             continue
         with socket.socket() as sock:

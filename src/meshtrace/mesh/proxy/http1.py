@@ -388,8 +388,7 @@ class Upstream(asyncio.Protocol):
         self.closed = False
         self.reused = False
         self._received = False
-        self._awaiting = False  # the response's head is still to come
-        self._head_size = 0  # what arrived of it so far
+        self._head_size = 0  # what arrived of the response's head while it was still to come
         self._head: bytes | None = None
         self._lines: list[bytes] = []
         self._length: bytes | None = None
@@ -416,12 +415,12 @@ class Upstream(asyncio.Protocol):
         self._received = True
         try:
             self.parser.feed_data(data)
-            if self._awaiting:
+            exchange = self.exchange
+            if exchange is not None and exchange.status == 0:  # the final head is still to come
                 self._head_size += len(data)
                 if self._head_size > MAX_RESPONSE_HEAD:
                     raise httptools.HttpParserError("response head too large")
         except httptools.HttpParserError:
-            self._awaiting = False
             exchange, self.exchange = self.exchange, None
             if self.transport is not None:
                 self.transport.close()
@@ -436,7 +435,6 @@ class Upstream(asyncio.Protocol):
         self.exchange = exchange
         exchange.upstream = self
         self._received = False
-        self._awaiting = True
         self._head_size = 0
         self._head = None
         self._lines = []
@@ -480,7 +478,6 @@ class Upstream(asyncio.Protocol):
         if status < 200:
             self._lines = []  # informational responses are not forwarded; the final one follows
             return
-        self._awaiting = False
         if not parser.should_keep_alive():
             self._keep_alive = False
         exchange.status = status
