@@ -6,6 +6,7 @@ import asyncio
 import multiprocessing
 import os
 import platform
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,16 @@ from meshtrace.listen import free_port
 
 
 def machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    """The machine and the interpreter: builds of one Python version differ by ~10% per request in the
+    proxy (``BENCHMARKS.md``, sidecar, "The interpreter")."""
+    shared = "libpython" in Path("/proc/self/maps").read_text() if Path("/proc/self/maps").exists() else None
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "python_executable": os.path.realpath(sys.executable),
+        "libpython": {True: "shared library", False: "linked into the executable", None: "unknown"}[shared],
+        "platform": platform.platform(),
+    }
 
 
 def stat_fields(pid: int) -> list[str]:
