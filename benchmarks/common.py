@@ -18,12 +18,15 @@ from meshtrace.listen import free_port
 def machine() -> dict[str, Any]:
     """The machine and the interpreter: builds of one Python version differ by ~10% per request in the
     proxy (``BENCHMARKS.md``, sidecar, "The interpreter")."""
-    shared = "libpython" in Path("/proc/self/maps").read_text() if Path("/proc/self/maps").exists() else None
+    try:
+        libpython = "shared library" if "libpython" in Path("/proc/self/maps").read_text() else "in the executable"
+    except OSError:
+        libpython = "unknown"
     return {
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "python_executable": os.path.realpath(sys.executable),
-        "libpython": {True: "shared library", False: "linked into the executable", None: "unknown"}[shared],
+        "libpython": libpython,
         "platform": platform.platform(),
     }
 
