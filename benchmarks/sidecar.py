@@ -467,11 +467,8 @@ def report(
         "data_path": getattr(args, "data_path", "unknown"),
         "configs": medians,
     }
-    reference = "nginx" if "nginx" in medians else None
-    if reference:
-        for ours, theirs in (("meshtrace", "nginx"), ("meshtrace chain", "nginx chain")):
-            if ours not in medians or theirs not in medians:
-                continue
+    for ours, theirs in (("meshtrace", "nginx"), ("meshtrace chain", "nginx chain")):
+        if ours in medians and theirs in medians:  # each pair that ran (``--configs`` may leave one out)
             # A round's pair runs seconds apart, the rounds minutes apart: a ratio per round is less
             # moved by the host's drift than the ratio of the medians (both are given).
             by_round = [a["rps"] / b["rps"] for a, b in zip(runs[ours], runs[theirs], strict=True)]
