@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
 import subprocess
 import sys
+from typing import Any
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
-from meshtrace.cli import app
+from meshtrace.cli import app, build
 from meshtrace.config import build_config, load_yaml, resolve_tokens
 from meshtrace.errors import ConfigError
 
@@ -21,6 +24,37 @@ def test_help_explains_every_option_and_exit_codes():
     assert result.exit_code == 0
     for text in ("--grpc", "--otlp-http", "--token", "--no-auth", "--retention", "MESHTRACE_GRPC", "Exit codes"):
         assert text in result.output
+
+
+def _commands(command: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command's path under ``command`` (a group has ``commands``)."""
+    found = [path] if path else []
+    for name, sub in getattr(command, "commands", {}).items():
+        found += _commands(sub, (*path, name))
+    return found
+
+
+def test_help_paragraphs_fill_the_terminal_width():
+    """A docstring's own line breaks are not kept in --help: on an 80-column terminal they broke lines a
+    second time ("... (a ClickHouse server that did" / "not answer ..."); each paragraph fills its lines."""
+    cli = build()
+    paths = _commands(typer.main.get_command(cli))
+    expected = {("serve",), ("collector",), ("up",), ("doctor",), ("rollout", "restart"), ("schema", "status")}
+    assert expected <= set(paths)
+    short = []
+    for path in paths:
+        result = runner.invoke(cli, [*path, "--help"], env={"COLUMNS": "80"})
+        assert result.exit_code == 0, path
+        lines = result.output.splitlines()
+        start = next(i for i, line in enumerate(lines) if line.strip().startswith("Usage:")) + 1
+        end = next((i for i, line in enumerate(lines) if line.startswith("╭")), len(lines))
+        paragraphs = "\n".join(line.strip() for line in lines[start:end]).strip().split("\n\n")
+        for paragraph in paragraphs:
+            rows = paragraph.splitlines()
+            for line, after in itertools.pairwise(rows):  # the next line's first word would have fit
+                if len(line) + 1 + len(after.split()[0]) <= 76:
+                    short.append((" ".join(path), line))
+    assert not short
 
 
 def test_version():

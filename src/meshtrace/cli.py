@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 from collections.abc import Callable
@@ -305,6 +306,7 @@ def collector(
 
     Accepts the Collector's own YAML (receivers, processors, exporters, extensions, service::pipelines,
     service::telemetry), ${env:VAR} substitution, and deprecated forms it reports as warnings.
+
     Exit codes: 0 after a clean stop (SIGINT/SIGTERM), 1 for a bad configuration or a failed start.
     """
     from meshtrace.collector.config import load
@@ -345,12 +347,41 @@ def version() -> None:
     typer.echo(__version__)
 
 
-def main() -> None:
-    from meshtrace.doctor.cli import register as register_doctor
-    from meshtrace.mesh.cli import register
-    from meshtrace.store.cli import register as register_schema
+_built: list[typer.Typer] = []
 
-    register(app)
-    register_doctor(app)
-    register_schema(app)
-    app()
+
+def _reflowed(text: str) -> str:
+    """Each paragraph of a help text on one line, for the terminal to wrap: the help keeps a docstring's
+    own line breaks, which on a narrower terminal broke every line a second time. A paragraph starting
+    with ``\\b`` keeps its lines, as in click."""
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else " ".join(p.split("\n")) for p in paragraphs)
+
+
+def _reflow_help(group: typer.Typer) -> None:
+    for command in group.registered_commands:
+        text = command.help or (inspect.getdoc(command.callback) if command.callback else None)
+        if text:
+            command.help = _reflowed(text)
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _reflow_help(sub.typer_instance)
+
+
+def build() -> typer.Typer:
+    """The whole command: the backend's commands above with the mesh's, doctor's and the schema's."""
+    if not _built:
+        from meshtrace.doctor.cli import register as register_doctor
+        from meshtrace.mesh.cli import register
+        from meshtrace.store.cli import register as register_schema
+
+        register(app)
+        register_doctor(app)
+        register_schema(app)
+        _reflow_help(app)
+        _built.append(app)
+    return app
+
+
+def main() -> None:
+    build()()
