@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import os
@@ -347,9 +348,6 @@ def version() -> None:
     typer.echo(__version__)
 
 
-_built: list[typer.Typer] = []
-
-
 def _reflowed(text: str) -> str:
     """Each paragraph of a help text on one line, for the terminal to wrap: the help keeps a docstring's
     own line breaks, which on a narrower terminal broke every line a second time. A paragraph starting
@@ -368,18 +366,17 @@ def _reflow_help(group: typer.Typer) -> None:
             _reflow_help(sub.typer_instance)
 
 
+@functools.cache
 def build() -> typer.Typer:
     """The whole command: the backend's commands above with the mesh's, doctor's and the schema's."""
-    if not _built:
-        from meshtrace.doctor.cli import register as register_doctor
-        from meshtrace.mesh.cli import register
-        from meshtrace.store.cli import register as register_schema
+    from meshtrace.doctor.cli import register as register_doctor
+    from meshtrace.mesh.cli import register
+    from meshtrace.store.cli import register as register_schema
 
-        register(app)
-        register_doctor(app)
-        register_schema(app)
-        _reflow_help(app)
-        _built.append(app)
+    register(app)
+    register_doctor(app)
+    register_schema(app)
+    _reflow_help(app)
     return app
 
 
