@@ -13,9 +13,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from meshtrace.cli import app
+from meshtrace.cli import build
 from meshtrace.doctor import Level, Report, diagnose_files
-from meshtrace.doctor.cli import register
 
 SEED = Path(__file__).parents[2].parent / "shared" / "seed" / "yaml"
 FILL = {"<gRPC-Endpoint>": "meshtrace.observability.svc.cluster.local:4317", "<gRPC-Token>": "s3cret"}
@@ -272,7 +271,7 @@ def test_token_header_the_backend_does_not_read(tmp_path: Path) -> None:
 
 
 def test_cli_exit_codes_and_json(tmp_path: Path) -> None:
-    register(app)
+    app = build()  # the command as installed, doctor included
     runner = CliRunner()
     run(tmp_path)  # writes the files
     base = [
